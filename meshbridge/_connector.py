@@ -1,0 +1,103 @@
+"""The connector: picks the provider, attaches the caller's identity.
+
+``MeshConnector`` is an ``aiohttp.BaseConnector``. For each request it looks
+up the provider (the URL host, or the provider it is pinned to), reads the
+Source and API key id (context overrides first, then its own), and begins an
+Exchange on a pooled link to that provider, or on a new one. Pooled links are
+reused as TCP connections are; a link to a provider that has since been
+replaced is closed instead of reused, so every request runs on the app that
+was registered when it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextvars import ContextVar
+from typing import Any
+
+from aiohttp import ClientRequest, ClientTimeout
+from aiohttp.connector import Connection
+
+from ._aiohttp import ConnectorBase
+from ._exceptions import MeshError, MissingAPIKeyID
+from ._exchange import Exchange
+from ._link import Link
+from ._metrics import MeshMetrics, method_label
+from ._pipe import PipeEnd
+from ._provider import RUNNING, Provider
+from ._routing import Router, check_name
+from ._source import Source, check_api_key_id, current_api_key_id, current_source
+
+__all__ = ["MeshConnector"]
+
+# The provider connect() chose, for _create_connection() to link to: both run
+# in the caller's task, one inside the other.
+_chosen: ContextVar[Provider | None] = ContextVar("meshbridge_chosen_provider", default=None)
+
+
+class MeshConnector(ConnectorBase):
+    """An aiohttp connector whose connections lead to providers in a mesh.
+
+    Made by :meth:`Mesh.connector`; use it like any connector
+    (``aiohttp.ClientSession(connector=...)``).
+    """
+
+    def __init__(
+        self,
+        router: Router[Provider],
+        metrics: MeshMetrics | None,
+        *,
+        provider: str | None = None,
+        source: str | None = None,
+        api_key_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._router = router
+        self._metrics = metrics
+        self._pinned = check_name(provider) if provider is not None else None
+        self._source = Source(source) if source is not None else None
+        self._api_key_id = check_api_key_id(api_key_id) if api_key_id is not None else None
+        # No sockets, no file descriptors: no reason to cap connections by default.
+        kwargs.setdefault("limit", 0)
+        super().__init__(**kwargs)
+
+    @property
+    def provider(self) -> str | None:
+        """The provider every request goes to, or None to route by URL host."""
+        return self._pinned
+
+    @property
+    def source(self) -> Source | None:
+        return self._source
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Any], timeout: ClientTimeout
+    ) -> Connection:
+        name = self._pinned or req.url.raw_host or ""
+        provider = self._router.lookup(name)
+        source = current_source.get() or self._source
+        api_key_id = current_api_key_id.get() or self._api_key_id
+        if api_key_id is None and provider.require_api_key_id:
+            raise MissingAPIKeyID(provider.name)
+        if provider.state != RUNNING:
+            await provider.wait_started()
+        token = _chosen.set(provider)
+        try:
+            while True:
+                conn = await super().connect(req, traces, timeout)
+                transport = conn.transport
+                link = transport.pipe.owner if isinstance(transport, PipeEnd) else None
+                if isinstance(link, Link) and link.provider is provider:
+                    break
+                conn.close()  # a link to a provider that was replaced: never reuse it
+        finally:
+            _chosen.reset(token)
+        series = self._metrics.series(name, source) if self._metrics is not None else None
+        link.begin(Exchange(name, source, api_key_id, method_label(req.method), series))
+        return conn
+
+    def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:
+        provider = _chosen.get()
+        if provider is None:
+            raise MeshError("MeshConnector.connect() must be used to open connections")
+        provider.open_link(protocol, secure=req.is_ssl())

@@ -1,0 +1,115 @@
+"""One request through the mesh, from the caller's connect to the end of the body.
+
+An :class:`Exchange` is made when the connector hands a connection to a
+request. It carries who is calling (provider, Source, API key id) beside the
+request, and it is the one place where the request's metrics are observed:
+the server side tells it when headers go out, how many body bytes were
+written and when the handler failed; the connection tells it when the body
+has reached the caller or the stream was cut.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from typing import Final, Protocol
+
+from ._metrics import Series
+from ._source import Source
+
+__all__ = ["CANCELLED", "COMPLETED", "ERROR", "Exchange"]
+
+COMPLETED: Final = "completed"  # the body was fully delivered
+ERROR: Final = "error"  # the handler raised, or the body was cut short
+CANCELLED: Final = "cancelled"  # the caller went away first
+
+
+class _Counted(Protocol):
+    total_bytes: int
+
+
+class Exchange:
+    """The record of one request: identity beside it, metrics about it."""
+
+    __slots__ = (
+        "_request_body",
+        "_series",
+        "_started",
+        "api_key_id",
+        "failed",
+        "finished",
+        "method",
+        "outcome",
+        "provider",
+        "response_bytes",
+        "source",
+        "status",
+    )
+
+    def __init__(
+        self,
+        provider: str,
+        source: Source | None,
+        api_key_id: str | None,
+        method: str,
+        series: Series | None,
+    ) -> None:
+        self.provider = provider
+        self.source = source
+        self.api_key_id = api_key_id
+        self.method = method
+        self.status = 0  # 0 until response headers are sent
+        self.response_bytes = 0
+        self.failed = False  # the handler raised
+        self.finished = False
+        self.outcome: str | None = None
+        self._request_body: _Counted | None = None
+        self._series = series
+        self._started = perf_counter()
+        if series is not None:
+            series.in_flight.inc()
+
+    def received(self, body: _Counted) -> None:
+        """The provider parsed the request; ``body`` counts its body bytes."""
+        self._request_body = body
+
+    def headers_sent(self, status: int) -> None:
+        """The provider sent the response status line and headers."""
+        self.status = status
+        if self._series is not None:
+            self._series.ttfb.observe(perf_counter() - self._started)
+
+    def handler_failed(self) -> None:
+        """The provider's handler raised (or returned no response)."""
+        if not self.failed:
+            self.failed = True
+            if self._series is not None:
+                self._series.handler_errors.inc()
+
+    def body_delivered(self) -> None:
+        """The whole response reached the caller's side of the connection."""
+        self.finish(ERROR if self.failed else COMPLETED)
+
+    def connection_closed(self, by_caller: bool) -> None:
+        """The connection closed before the body was delivered."""
+        if self.status == 101 and not self.failed:
+            self.finish(COMPLETED)  # an upgraded connection ends by closing
+        elif by_caller and not self.failed:
+            self.finish(CANCELLED)
+        else:
+            self.finish(ERROR)
+
+    def finish(self, outcome: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.outcome = outcome
+        if self._series is not None:
+            body = self._request_body
+            self._series.finished(
+                self.method,
+                self.status,
+                outcome,
+                perf_counter() - self._started,
+                body.total_bytes if body is not None else 0,
+                self.response_bytes,
+            )

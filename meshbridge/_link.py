@@ -1,0 +1,95 @@
+"""A link: one in-memory connection from a caller to one provider.
+
+The link owns a pipe whose client end goes to aiohttp's client protocol and
+whose server end goes to the provider's server protocol. Requests on a link
+follow one another (aiohttp's client never pipelines), so the caller's
+connector hands the link the next request's Exchange before it sends a byte,
+and the provider's server takes it when it parses that request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any, Final
+
+from ._exchange import ERROR, Exchange
+from ._pipe import Pipe, PipeEnd, PipeStats
+
+__all__ = ["Link", "exchange_for"]
+
+_PEERNAME: Final = ("127.0.0.1", 0)
+
+
+class Link:
+    """One connection between a caller and a provider."""
+
+    __slots__ = ("_next", "_open", "pipe", "provider")
+
+    def __init__(
+        self,
+        provider: object,
+        name: str,
+        client: asyncio.Protocol,
+        server: asyncio.Protocol,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        stats: PipeStats,
+        tls: object | None,
+    ) -> None:
+        self.provider = provider
+        self._next: Exchange | None = None  # begun by the caller, not yet taken by the server
+        self._open: list[Exchange] = []  # begun and not finished
+        port = 443 if tls is not None else 80
+        self.pipe = Pipe(
+            loop,
+            owner=self,
+            client_extra={"peername": (name, port), "sockname": _PEERNAME},
+            server_extra={
+                "peername": _PEERNAME,
+                "sockname": ("127.0.0.1", port),
+                "sslcontext": tls,
+            },
+            on_close=self._closed,
+            stats=stats,
+        )
+        # The server protocol starts its tasks in connection_made; give them a
+        # fresh context so no caller's context variables leak into the provider
+        # (as over TCP, where the server never runs in the caller's context).
+        contextvars.Context().run(self.pipe.connect, client, server)
+
+    def begin(self, exchange: Exchange) -> None:
+        """The caller is about to send the request ``exchange`` describes."""
+        if self._open:
+            self._open = [e for e in self._open if not e.finished]
+        self._open.append(exchange)
+        self._next = exchange
+
+    def take(self) -> Exchange | None:
+        """The server parsed a request: the Exchange it belongs to."""
+        exchange, self._next = self._next, None
+        return exchange
+
+    def _closed(self, by_client: bool) -> Exception | None:
+        error: Exception | None = None
+        for exchange in self._open:
+            if not exchange.finished:
+                exchange.connection_closed(by_caller=by_client)
+                if not by_client and exchange.outcome == ERROR:
+                    error = ConnectionResetError(
+                        f"provider {exchange.provider!r} closed the connection before the "
+                        "end of the response" + (" (its handler raised)" if exchange.failed else "")
+                    )
+        self._open.clear()
+        self._next = None
+        return error
+
+
+def exchange_for(protocol: Any) -> Exchange | None:
+    """The Exchange of the request a server protocol is parsing, if it came by link."""
+    transport = protocol.transport
+    if isinstance(transport, PipeEnd):
+        owner = transport.pipe.owner
+        if isinstance(owner, Link):
+            return owner.take()
+    return None

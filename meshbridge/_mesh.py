@@ -1,0 +1,305 @@
+"""The Mesh: the router table, the providers' lifecycles, sessions and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Mapping
+from types import TracebackType
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from ._connector import MeshConnector
+from ._metrics import MeshMetrics
+from ._pipe import PipeStats
+from ._provider import Provider
+from ._routing import Router, check_name
+
+__all__ = ["Mesh"]
+
+log = logging.getLogger("meshbridge")
+
+_NEW: Final = "new"
+_RUNNING: Final = "running"
+_CLOSED: Final = "closed"
+
+
+class Mesh:
+    """An in-process service mesh: aiohttp apps reached by name, without sockets.
+
+    Register ``aiohttp.web.Application`` objects under provider names, start
+    the mesh, and talk to them through :meth:`session` (a real
+    ``aiohttp.ClientSession``) with the provider name as the URL host.
+
+    Args:
+        registry: where the metrics go; a new ``CollectorRegistry`` by default
+            (never prometheus_client's global one).
+        metrics: False to record no metrics at all.
+        grace_period: seconds that in-flight requests get to finish when the
+            mesh closes or a provider is replaced, before they are cancelled.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        metrics: bool = True,
+        grace_period: float = 10.0,
+    ) -> None:
+        if grace_period < 0:
+            raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._metrics = MeshMetrics(self.registry) if metrics else None
+        self._grace_period = grace_period
+        self._router: Router[Provider] = Router()
+        self._stats = PipeStats()
+        self._state = _NEW
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<Mesh {self._state} providers={list(self.providers)}>"
+
+    # -- the router table ------------------------------------------------------
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The names of the registered providers."""
+        return tuple(self._router.table)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._router.table
+
+    def register(
+        self,
+        name: str,
+        app: web.Application,
+        *,
+        require_api_key_id: bool = False,
+        replace: bool = False,
+    ) -> None:
+        """Serve ``app`` under the provider name ``name``.
+
+        On a running mesh the app starts at once (requests to it wait for its
+        startup). With ``replace=True`` an existing provider of that name is
+        swapped out atomically: requests already running finish on the old app,
+        which is then shut down.
+
+        Raises:
+            ValueError: ``name`` is not a valid provider name, it is taken (and
+                ``replace`` is False), or ``app`` has already been started.
+        """
+        check_name(name)
+        if self._state == _CLOSED:
+            raise RuntimeError("the mesh is closed")
+        if name in self._router.table and not replace:
+            raise ValueError(
+                f"provider {name!r} is already registered: unregister it first, "
+                "or pass replace=True to swap it"
+            )
+        provider = self._provider(name, app, require_api_key_id)
+        table = dict(self._router.table)
+        old = table.get(name)
+        table[name] = provider
+        self._router.swap(table)
+        if self._state == _RUNNING:
+            self._in_background(provider.start(), f"starting provider {name!r}")
+            if old is not None:
+                self._in_background(old.stop(), f"stopping provider {name!r}")
+
+    def unregister(self, name: str) -> None:
+        """Remove a provider. New requests to it fail with ``ProviderNotFound``;
+        requests in flight finish, then the app shuts down.
+
+        Raises:
+            KeyError: no provider has that name.
+        """
+        table = dict(self._router.table)
+        try:
+            provider = table.pop(name)
+        except KeyError:
+            raise KeyError(f"no provider named {name!r} is registered") from None
+        self._router.swap(table)
+        if self._state == _RUNNING:
+            self._in_background(provider.stop(), f"stopping provider {name!r}")
+
+    async def reconfigure(
+        self,
+        apps: Mapping[str, web.Application],
+        *,
+        require_api_key_id: Collection[str] = (),
+    ) -> None:
+        """Replace the whole router table with ``apps``, atomically.
+
+        Names whose app is the one already registered keep running untouched.
+        On a running mesh every new app is started first; if one fails, those
+        are stopped again and the table is left as it was. Then the table is
+        swapped in one step; requests in flight finish on the apps they started
+        on, and the apps no longer in the table shut down in the background.
+
+        Raises:
+            ValueError: a name is invalid, or an app has already been started.
+            Exception: whatever a new app's startup raised (table untouched).
+        """
+        unknown = set(require_api_key_id) - set(apps)
+        if unknown:
+            raise ValueError(f"require_api_key_id names unknown providers: {sorted(unknown)}")
+        for name in apps:
+            check_name(name)
+        current = self._router.table
+        table: dict[str, Provider] = {}
+        fresh: list[Provider] = []
+        for name, app in apps.items():
+            needs_key = name in require_api_key_id
+            old = current.get(name)
+            if old is not None and old.app is app and old.require_api_key_id == needs_key:
+                table[name] = old
+            else:
+                table[name] = self._provider(name, app, needs_key)
+                fresh.append(table[name])
+        if self._state == _RUNNING:
+            await self._start_all(fresh)
+        old_table = self._router.swap(table)
+        if self._state == _RUNNING:
+            kept = set(map(id, table.values()))
+            for name, provider in old_table.items():
+                if id(provider) not in kept:
+                    self._in_background(provider.stop(), f"stopping provider {name!r}")
+
+    def _provider(self, name: str, app: web.Application, require_api_key_id: bool) -> Provider:
+        return Provider(
+            name,
+            app,
+            require_api_key_id=require_api_key_id,
+            grace_period=self._grace_period,
+            stats=self._stats,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every registered app (``on_startup``, ``cleanup_ctx``) and
+        accept requests. If an app fails to start, the ones started are
+        stopped again and the error is raised."""
+        if self._state != _NEW:
+            raise RuntimeError(f"the mesh is {self._state}; a mesh starts once")
+        await self._start_all(list(self._router.table.values()))
+        self._state = _RUNNING
+        self._router.accepting = True
+
+    async def aclose(self) -> None:
+        """Stop accepting requests, give in-flight ones the grace period to
+        finish, cancel the rest, and shut every app down. Idempotent."""
+        if self._state == _CLOSED:
+            return
+        running = self._state == _RUNNING
+        self._state = _CLOSED
+        self._router.accepting = False
+        table = self._router.swap({})
+        if running:
+            await asyncio.gather(*(p.stop() for p in table.values()))
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def __aenter__(self) -> Mesh:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _start_all(self, providers: list[Provider]) -> None:
+        started: list[Provider] = []
+        try:
+            for provider in providers:
+                await provider.start()
+                started.append(provider)
+        except BaseException:
+            await asyncio.gather(*(p.stop() for p in started), return_exceptions=True)
+            raise
+
+    def _in_background(self, coro: Any, what: str) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("meshbridge: error %s", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- clients -----------------------------------------------------------------
+
+    def connector(
+        self,
+        *,
+        provider: str | None = None,
+        source: str | None = None,
+        api_key_id: str | None = None,
+        **kwargs: Any,
+    ) -> MeshConnector:
+        """A connector for ``aiohttp.ClientSession(connector=...)``.
+
+        Args:
+            provider: send every request to this provider, whatever the URL
+                host; by default the URL host names the provider.
+            source: the Source of its requests (``use_source()`` overrides it).
+            api_key_id: the delegated API key id of its requests
+                (``use_api_key_id()`` overrides it).
+            **kwargs: passed to ``aiohttp.BaseConnector`` (``limit``,
+                ``keepalive_timeout``, ``force_close``...).
+
+        Raises:
+            ValueError: an invalid provider name, source or API key id.
+        """
+        return MeshConnector(
+            self._router,
+            self._metrics,
+            provider=provider,
+            source=source,
+            api_key_id=api_key_id,
+            **kwargs,
+        )
+
+    def session(
+        self,
+        *,
+        provider: str | None = None,
+        source: str | None = None,
+        api_key_id: str | None = None,
+        **kwargs: Any,
+    ) -> aiohttp.ClientSession:
+        """A real ``aiohttp.ClientSession`` on a new :meth:`connector`.
+
+        ``kwargs`` go to ``ClientSession`` (``base_url``, ``timeout``,
+        ``headers``...). Closing the session closes its connector.
+        """
+        connector = self.connector(provider=provider, source=source, api_key_id=api_key_id)
+        return aiohttp.ClientSession(connector=connector, **kwargs)
+
+    # -- observability -----------------------------------------------------------
+
+    def metrics_handler(self) -> Handler:
+        """An aiohttp handler serving :attr:`registry` in the Prometheus text
+        format (or OpenMetrics, when the scraper asks for it)."""
+        return make_aiohttp_handler(self.registry)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes the mesh's pipes hold right now, waiting for paused readers."""
+        return self._stats.buffered
+
+    @property
+    def peak_buffered_bytes(self) -> int:
+        """The most bytes the mesh's pipes have held at any one moment."""
+        return self._stats.peak

@@ -1,0 +1,313 @@
+"""The pipe: two asyncio transports joined back to back, in memory.
+
+A :class:`Pipe` has a ``client`` end and a ``server`` end. Each end is an
+``asyncio.Transport`` handed to one protocol; what one protocol writes, the
+other receives. The pipe knows nothing of HTTP, aiohttp or routing: bytes in,
+bytes out, flow control, close.
+
+Rules of the pipe (everything that moves bytes lives in this file):
+
+Rule 1, order. Bytes written on one end reach the other end's protocol in the
+order written, each byte once, unless the pipe is aborted.
+
+Rule 2, no hop. A write is handed to the peer's ``data_received`` at once,
+inside ``write()``, when the peer is reading and nothing is queued before it.
+Otherwise it is queued and delivered later from the event loop. Delivery never
+re-enters a protocol: a write made while the peer is inside its own
+``data_received`` is queued.
+
+Rule 3, flow control. The queue of one direction above ``high_water`` bytes
+pauses the writing protocol (``pause_writing``); drained to ``low_water`` it
+resumes it. A peer that calls ``pause_reading()`` gets nothing until it calls
+``resume_reading()``, so a slow reader holds back the writer and what the pipe
+holds stays near ``high_water`` plus one write.
+
+Rule 4, close. ``close()`` on an end stops its writes; bytes it already queued
+are still delivered, then both protocols get ``connection_lost``. ``abort()``
+drops the queues and closes at once. ``connection_lost`` is always called from
+the event loop, never from inside a write. The ``on_close`` callback learns
+which end closed first and may name the error the other end's protocol sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+__all__ = ["Pipe", "PipeEnd", "PipeStats"]
+
+HIGH_WATER: Final = 64 * 1024
+LOW_WATER: Final = 16 * 1024
+
+# Told which end closed first (True for the client end); returns the exception
+# the *other* end's protocol gets in connection_lost (None for a clean close).
+OnClose = Callable[[bool], Exception | None]
+
+
+class PipeStats:
+    """Bytes queued in pipes, now and at the most, shared by many pipes."""
+
+    __slots__ = ("buffered", "peak")
+
+    def __init__(self) -> None:
+        self.buffered = 0
+        self.peak = 0
+
+
+class Pipe:
+    """A connected pair of in-memory transports.
+
+    Args:
+        loop: the event loop both protocols run on.
+        owner: any object the creator wants to find from a transport
+            (``transport.pipe.owner``); the pipe never looks at it.
+        client_extra / server_extra: what each end's ``get_extra_info`` returns.
+        on_close: see Rule 4.
+        stats: where queued bytes are counted, if anywhere.
+    """
+
+    __slots__ = ("_loop", "_on_close", "_stats", "client", "closed", "owner", "server")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        owner: object = None,
+        client_extra: Mapping[str, Any] | None = None,
+        server_extra: Mapping[str, Any] | None = None,
+        on_close: OnClose | None = None,
+        stats: PipeStats | None = None,
+        high_water: int = HIGH_WATER,
+        low_water: int = LOW_WATER,
+    ) -> None:
+        self._loop = loop
+        self.owner = owner
+        self._on_close = on_close
+        self._stats = stats if stats is not None else PipeStats()
+        self.closed = False
+        self.client = PipeEnd(self, dict(client_extra or {}), high_water, low_water)
+        self.server = PipeEnd(self, dict(server_extra or {}), high_water, low_water)
+        self.client._peer = self.server
+        self.server._peer = self.client
+
+    def connect(self, client: asyncio.Protocol, server: asyncio.Protocol) -> None:
+        """Hand each end to its protocol (``connection_made``), client first."""
+        self.client._protocol = client
+        self.server._protocol = server
+        client.connection_made(self.client)
+        server.connection_made(self.server)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes queued in this pipe, both directions."""
+        return self.client._queued + self.server._queued
+
+    def _shutdown(self, first: PipeEnd, *, reset: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for end in (self.client, self.server):
+            end._closing = True
+            self._stats.buffered -= end._queued
+            end._queue.clear()
+            end._queued = 0
+            end._flushed_callbacks.clear()
+        peer_exc: Exception | None = None
+        if self._on_close is not None:
+            peer_exc = self._on_close(first is self.client)
+        if peer_exc is None and reset:
+            peer_exc = ConnectionResetError("the other end of the in-memory connection aborted")
+        call_soon = self._loop.call_soon
+        call_soon(first._protocol.connection_lost, None)
+        call_soon(first._peer._protocol.connection_lost, peer_exc)
+
+
+class PipeEnd(asyncio.Transport):
+    """One end of a :class:`Pipe`, used by one protocol as its transport."""
+
+    __slots__ = (
+        "_closing",
+        "_delivering",
+        "_flush_scheduled",
+        "_flushed_callbacks",
+        "_high",
+        "_low",
+        "_peer",
+        "_protocol",
+        "_queue",
+        "_queued",
+        "_reading",
+        "_writing_paused",
+        "pipe",
+    )
+
+    _peer: PipeEnd
+    _protocol: asyncio.Protocol
+
+    def __init__(self, pipe: Pipe, extra: dict[str, Any], high: int, low: int) -> None:
+        super().__init__(extra)
+        self.pipe = pipe
+        self._high = high
+        self._low = low
+        self._queue: deque[bytes] = deque()  # written here, not yet delivered to the peer
+        self._queued = 0
+        self._reading = True  # our protocol accepts data
+        self._delivering = False  # our protocol is inside data_received
+        self._writing_paused = False  # we told our protocol to pause_writing
+        self._flush_scheduled = False
+        self._closing = False
+        self._flushed_callbacks: list[Callable[[], None]] = []
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return  # like a socket transport whose connection is gone: dropped
+        peer = self._peer
+        if peer._closing:
+            return  # the other end has closed: nobody will read this
+        chunk = data if type(data) is bytes else bytes(data)
+        if not self._queue and peer._reading and not peer._delivering:
+            peer._receive(chunk)
+        else:
+            self._enqueue(chunk)
+
+    def _enqueue(self, chunk: bytes) -> None:
+        self._queue.append(chunk)
+        size = len(chunk)
+        self._queued += size
+        stats = self.pipe._stats
+        stats.buffered += size
+        if stats.buffered > stats.peak:
+            stats.peak = stats.buffered
+        if self._queued > self._high and not self._writing_paused:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+        peer = self._peer
+        if peer._reading and not peer._delivering:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.pipe._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Deliver queued bytes while the peer reads (always called from the loop)."""
+        self._flush_scheduled = False
+        peer = self._peer
+        queue = self._queue
+        stats = self.pipe._stats
+        while queue and peer._reading and not peer._delivering and not self.pipe.closed:
+            chunk = queue.popleft()
+            self._queued -= len(chunk)
+            stats.buffered -= len(chunk)
+            peer._receive(chunk)
+        if self.pipe.closed:
+            return
+        if self._writing_paused and self._queued <= self._low:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+        if not queue:
+            self._run_flushed_callbacks()
+            if self._closing:
+                self.pipe._shutdown(self, reset=False)
+
+    def _receive(self, chunk: bytes) -> None:
+        self._delivering = True
+        try:
+            self._protocol.data_received(chunk)
+        except Exception as exc:  # a protocol bug must not unwind into the writer
+            self.pipe._loop.call_exception_handler(
+                {"message": "in-memory pipe: data_received failed", "exception": exc}
+            )
+            self.pipe._shutdown(self, reset=True)
+        finally:
+            self._delivering = False
+        # Bytes queued for us while we were busy, or left from a paused spell.
+        if self._peer._queue and self._reading and not self.pipe.closed:
+            self._peer._schedule_flush()
+
+    def when_flushed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once everything written so far reached the peer.
+
+        At once if nothing is queued; never if the pipe closes first.
+        """
+        if not self._queue:
+            callback()
+        elif not self.pipe.closed:
+            self._flushed_callbacks.append(callback)
+
+    def _run_flushed_callbacks(self) -> None:
+        if self._flushed_callbacks:
+            callbacks, self._flushed_callbacks = self._flushed_callbacks, []
+            for callback in callbacks:
+                callback()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("in-memory transports do not half-close")
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+
+    # -- reading -------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        self._reading = False
+
+    def resume_reading(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        # Never deliver from inside resume_reading(): the reader calls it
+        # from the middle of a read, and data_received would re-enter it.
+        if self._peer._queue:
+            self._peer._schedule_flush()
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    # -- closing -------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if not self._queue:
+            self.pipe._shutdown(self, reset=False)
+        # else: _flush() shuts the pipe down once the queue has been delivered
+
+    def abort(self) -> None:
+        self.pipe._shutdown(self, reset=True)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    # -- protocol --------------------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol

@@ -1,0 +1,136 @@
+"""A provider: one aiohttp application registered in a mesh, and its lifecycle.
+
+The app is run the way ``web.AppRunner`` runs it behind a socket (startup,
+cleanup contexts, shutdown and cleanup signals, each exactly once), minus the
+socket: its server protocols are fed by links instead of a listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Final
+
+from aiohttp import web
+
+from ._aiohttp import observe_server
+from ._exceptions import MeshError
+from ._link import Link, exchange_for
+from ._pipe import PipeStats
+
+__all__ = ["Provider"]
+
+log = logging.getLogger("meshbridge")
+
+NEW: Final = "new"
+STARTING: Final = "starting"
+RUNNING: Final = "running"
+FAILED: Final = "failed"
+STOPPED: Final = "stopped"
+
+
+class Provider:
+    """One registered app: its server, its lifecycle, its connections."""
+
+    def __init__(
+        self,
+        name: str,
+        app: web.Application,
+        *,
+        require_api_key_id: bool,
+        grace_period: float,
+        stats: PipeStats,
+    ) -> None:
+        if not isinstance(app, web.Application):
+            raise TypeError(f"provider {name!r}: expected an aiohttp.web.Application, got {app!r}")
+        if app.frozen:
+            raise ValueError(
+                f"provider {name!r}: this Application has already been started; "
+                "an aiohttp Application runs once, so register a new one"
+            )
+        self.name = name
+        self.app = app
+        self.require_api_key_id = require_api_key_id
+        self._grace_period = grace_period
+        self._stats = stats
+        self.state = NEW
+        self._runner: web.AppRunner | None = None
+        self._server: web.Server | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    def __repr__(self) -> str:
+        return f"<Provider {self.name!r} {self.state}>"
+
+    async def start(self) -> None:
+        """Run the app's startup (``on_startup``, ``cleanup_ctx``)."""
+        if self.state != NEW:
+            raise RuntimeError(f"provider {self.name!r} is {self.state}, not new")
+        self.state = STARTING
+        started = self._started = asyncio.get_running_loop().create_future()
+        runner = web.AppRunner(
+            self.app,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=self._grace_period,
+        )
+        try:
+            await runner.setup()
+        except BaseException as exc:
+            self.state = FAILED
+            started.set_exception(exc)
+            started.exception()  # retrieved here; waiters get MeshError
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+            raise
+        server = runner.server
+        assert server is not None
+        observe_server(server, exchange_for)
+        self._runner, self._server = runner, server
+        self.state = RUNNING
+        started.set_result(None)
+
+    async def wait_started(self) -> None:
+        """Return once the provider runs.
+
+        Raises:
+            MeshError: it failed to start, or it was stopped.
+        """
+        if self.state == STARTING and self._started is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._started)
+        if self.state == RUNNING:
+            return
+        if self.state == FAILED and self._started is not None:
+            exc = self._started.exception()
+            raise MeshError(f"provider {self.name!r} failed to start: {exc!r}") from exc
+        raise MeshError(f"provider {self.name!r} is {self.state}")
+
+    def open_link(self, client: asyncio.Protocol, *, secure: bool) -> Link:
+        """Connect a client protocol to a new server protocol of this app."""
+        if self._server is None or self.state != RUNNING:
+            raise MeshError(f"provider {self.name!r} is {self.state}")
+        tls = None
+        if secure:  # request.secure is True for https:// URLs, with no TLS involved
+            if self._tls is None:
+                self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls = self._tls
+        loop = asyncio.get_running_loop()
+        return Link(self, self.name, client, self._server(), loop=loop, stats=self._stats, tls=tls)
+
+    async def stop(self) -> None:
+        """Stop taking requests, let in-flight ones finish for the grace period,
+        cancel what is left, then run the app's shutdown and cleanup."""
+        if self._started is not None and not self._started.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._started)
+        runner, self._runner = self._runner, None
+        self.state = STOPPED
+        if runner is not None:
+            try:
+                await runner.cleanup()
+            except Exception:
+                log.exception("provider %r: error while shutting down", self.name)
+        self._server = None
