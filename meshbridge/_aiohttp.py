@@ -26,12 +26,10 @@ from aiohttp import BaseConnector, ClientRequest, web
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_writer import StreamWriter
 
-from ._exchange import Exchange
+from ._exchange import EXCHANGE, Exchange
 from ._pipe import PipeEnd
 
-__all__ = ["EXCHANGE", "ConnectorBase", "ResponseHandler", "observe_server"]
-
-EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("meshbridge_exchange", Exchange)
+__all__ = ["ConnectorBase", "ResponseHandler", "observe_server"]
 
 # Finds the Exchange for a request arriving on a server protocol (or None for
 # traffic that did not come through the mesh's connector).

@@ -13,10 +13,12 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Final, Protocol
 
+from aiohttp import web
+
 from ._metrics import Series
 from ._source import Source
 
-__all__ = ["CANCELLED", "COMPLETED", "ERROR", "Exchange"]
+__all__ = ["CANCELLED", "COMPLETED", "ERROR", "EXCHANGE", "Exchange", "api_key_id_of", "source_of"]
 
 COMPLETED: Final = "completed"  # the body was fully delivered
 ERROR: Final = "error"  # the handler raised, or the body was cut short
@@ -113,3 +115,24 @@ class Exchange:
                 body.total_bytes if body is not None else 0,
                 self.response_bytes,
             )
+
+
+# Where a provider's request keeps its Exchange: a typed key of the request's
+# own mapping, set by the mesh when the request is parsed, never from bytes.
+EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("meshbridge_exchange", Exchange)
+
+
+def source_of(request: web.BaseRequest) -> Source | None:
+    """The Source of the caller that made ``request``.
+
+    None for a request without a source, and for anything that did not come
+    through a mesh (plain HTTP traffic to the same app): no header can set it.
+    """
+    exchange = request.get(EXCHANGE)
+    return exchange.source if exchange is not None else None
+
+
+def api_key_id_of(request: web.BaseRequest) -> str | None:
+    """The delegated API key id ``request`` carries, or None (see :func:`source_of`)."""
+    exchange = request.get(EXCHANGE)
+    return exchange.api_key_id if exchange is not None else None

@@ -107,6 +107,7 @@ class Mesh:
         table[name] = provider
         self._router.swap(table)
         if self._state == _RUNNING:
+            provider.starting()
             self._in_background(provider.start(), f"starting provider {name!r}")
             if old is not None:
                 self._in_background(old.stop(), f"stopping provider {name!r}")
@@ -303,3 +304,4 @@ class Mesh:
     def peak_buffered_bytes(self) -> int:
         """The most bytes the mesh's pipes have held at any one moment."""
         return self._stats.peak
+

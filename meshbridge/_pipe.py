@@ -23,7 +23,9 @@ resumes it. A peer that calls ``pause_reading()`` gets nothing until it calls
 holds stays near ``high_water`` plus one write.
 
 Rule 4, close. ``close()`` on an end stops its writes; bytes it already queued
-are still delivered, then both protocols get ``connection_lost``. ``abort()``
+are still delivered, then both protocols get ``connection_lost``. Until its
+``connection_lost`` runs, the other end still accepts writes and drops them,
+as a socket does when its peer has gone. ``abort()``
 drops the queues and closes at once. ``connection_lost`` is always called from
 the event loop, never from inside a write. The ``on_close`` callback learns
 which end closed first and may name the error the other end's protocol sees.
@@ -108,8 +110,10 @@ class Pipe:
         if self.closed:
             return
         self.closed = True
+        first._closing = True
+        # The other end is not marked closing until its connection_lost runs:
+        # as over TCP, it may still write in between, and those bytes are dropped.
         for end in (self.client, self.server):
-            end._closing = True
             self._stats.buffered -= end._queued
             end._queue.clear()
             end._queued = 0
@@ -120,14 +124,15 @@ class Pipe:
         if peer_exc is None and reset:
             peer_exc = ConnectionResetError("the other end of the in-memory connection aborted")
         call_soon = self._loop.call_soon
-        call_soon(first._protocol.connection_lost, None)
-        call_soon(first._peer._protocol.connection_lost, peer_exc)
+        call_soon(first._lose, None)
+        call_soon(first._peer._lose, peer_exc)
 
 
 class PipeEnd(asyncio.Transport):
     """One end of a :class:`Pipe`, used by one protocol as its transport."""
 
     __slots__ = (
+        "__weakref__",
         "_closing",
         "_delivering",
         "_flush_scheduled",
@@ -246,6 +251,14 @@ class PipeEnd(asyncio.Transport):
             for callback in callbacks:
                 callback()
 
+    @property
+    def _sendfile_compatible(self) -> Any:
+        # asyncio's loop.sendfile() reads this private attribute; raising
+        # NotImplementedError here makes callers (aiohttp's FileResponse) take
+        # their own write() fallback instead of asyncio's, which would swap our
+        # protocol out and read the file in a thread.
+        raise NotImplementedError("in-memory transports have no file descriptor to sendfile to")
+
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
 
@@ -299,6 +312,10 @@ class PipeEnd(asyncio.Transport):
 
     def abort(self) -> None:
         self.pipe._shutdown(self, reset=True)
+
+    def _lose(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._protocol.connection_lost(exc)
 
     def is_closing(self) -> bool:
         return self._closing

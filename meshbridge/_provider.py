@@ -64,12 +64,20 @@ class Provider:
     def __repr__(self) -> str:
         return f"<Provider {self.name!r} {self.state}>"
 
-    async def start(self) -> None:
-        """Run the app's startup (``on_startup``, ``cleanup_ctx``)."""
+    def starting(self) -> None:
+        """Mark the provider as starting, so requests wait for :meth:`start`."""
         if self.state != NEW:
             raise RuntimeError(f"provider {self.name!r} is {self.state}, not new")
         self.state = STARTING
-        started = self._started = asyncio.get_running_loop().create_future()
+        self._started = asyncio.get_running_loop().create_future()
+
+    async def start(self) -> None:
+        """Run the app's startup (``on_startup``, ``cleanup_ctx``)."""
+        if self.state == NEW:
+            self.starting()
+        started = self._started
+        assert started is not None
+        assert self.state == STARTING
         runner = web.AppRunner(
             self.app,
             handle_signals=False,

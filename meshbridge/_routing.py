@@ -25,7 +25,7 @@ def check_name(name: object) -> str:
     """Return ``name`` if it is a valid provider name, else raise ``ValueError``."""
     if not isinstance(name, str):
         raise TypeError(f"provider name must be a str, not {type(name).__name__}")
-    if len(name) > _MAX_NAME_LEN or not _NAME_RE.match(name):
+    if len(name) > _MAX_NAME_LEN or not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid provider name {name!r}: expected lower-case letters and digits, "
             f"words joined by single '-' (pattern {NAME_PATTERN}, at most {_MAX_NAME_LEN} "

@@ -1,0 +1,124 @@
+"""A caller that goes away cancels the handler, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from .conftest import MeshFactory, app_with, other_tasks, settle
+
+
+class Endless:
+    """A handler streaming forever, recording how it ended."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.refs: list[weakref.ref[Any]] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        assert request.transport is not None
+        self.refs += [weakref.ref(request.transport), weakref.ref(response)]
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"tick\n")
+                self.started.set()
+                await asyncio.sleep(0.001)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+async def assert_nothing_left(before: set[asyncio.Task[Any]], handler: Endless) -> None:
+    assert await settle(lambda: other_tasks() <= before), other_tasks() - before
+    gc.collect()
+    assert [ref for ref in handler.refs if ref() is not None] == []
+
+
+async def run_and_stop(
+    make_mesh: MeshFactory,
+    stop: Callable[[aiohttp.ClientSession, Endless], Awaitable[None]],
+) -> Endless:
+    handler = Endless()
+    mesh = await make_mesh({"llm": app_with(web.get("/stream", handler.handle))})
+    before = other_tasks()
+    async with mesh.session() as s:
+        await stop(s, handler)
+        await asyncio.wait_for(handler.cancelled.wait(), timeout=5)
+    await assert_nothing_left(before, handler)
+    return handler
+
+
+async def test_closing_the_response_early_cancels_the_handler(make_mesh: MeshFactory) -> None:
+    async def stop(s: aiohttp.ClientSession, handler: Endless) -> None:
+        async with s.get("http://llm/stream") as r:
+            assert await r.content.readline() == b"tick\n"
+        # leaving the block released the half-read response: it is closed
+
+    await run_and_stop(make_mesh, stop)
+
+
+async def test_cancelling_the_caller_cancels_the_handler(make_mesh: MeshFactory) -> None:
+    async def stop(s: aiohttp.ClientSession, handler: Endless) -> None:
+        async def read_forever() -> None:
+            async with s.get("http://llm/stream") as r:
+                async for _ in r.content:
+                    pass
+
+        task = asyncio.create_task(read_forever())
+        await handler.started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    await run_and_stop(make_mesh, stop)
+
+
+async def test_a_client_timeout_cancels_the_handler(make_mesh: MeshFactory) -> None:
+    async def stop(s: aiohttp.ClientSession, handler: Endless) -> None:
+        async def read_all() -> None:
+            timeout = aiohttp.ClientTimeout(total=0.05)
+            async with s.get("http://llm/stream", timeout=timeout) as r:
+                async for _ in r.content:
+                    pass
+
+        with pytest.raises(asyncio.TimeoutError):
+            await read_all()
+
+    await run_and_stop(make_mesh, stop)
+
+
+async def test_closing_one_response_leaves_the_others_alone(make_mesh: MeshFactory) -> None:
+    handler = Endless()
+    finished: list[int] = []
+
+    async def counted(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for i in range(50):
+            await response.write(f"{i}\n".encode())
+            await asyncio.sleep(0.001)
+        finished.append(1)
+        return response
+
+    mesh = await make_mesh(
+        {"llm": app_with(web.get("/stream", handler.handle), web.get("/counted", counted))}
+    )
+    async with mesh.session() as s:
+        async with s.get("http://llm/counted") as keep:
+            async with s.get("http://llm/stream") as doomed:
+                await doomed.content.readline()
+                doomed.close()
+            await asyncio.wait_for(handler.cancelled.wait(), timeout=5)
+            lines = [line async for line in keep.content]
+        assert lines == [f"{i}\n".encode() for i in range(50)]
+    assert finished == [1]

@@ -1,0 +1,14 @@
+import meshbridge
+
+
+def test_all_is_the_public_namespace() -> None:
+    public = {name for name in dir(meshbridge) if not name.startswith("_")}
+    # submodules and re-imported helpers are not part of the API
+    public -= {"annotations"}
+    assert set(meshbridge.__all__) == public
+
+
+def test_exported_members_come_from_meshbridge() -> None:
+    for name in meshbridge.__all__:
+        member = getattr(meshbridge, name)
+        assert member.__module__.startswith("meshbridge"), name

@@ -1,0 +1,223 @@
+"""The pipe on its own: plain asyncio protocols, no aiohttp, no routing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from meshbridge._pipe import HIGH_WATER, LOW_WATER, Pipe, PipeStats
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.received: list[bytes] = []
+        self.lost: list[Exception | None] = []
+        self.paused = False
+        self.pauses = 0
+        self.depth = 0
+        self.max_depth = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.depth += 1
+        self.max_depth = max(self.max_depth, self.depth)
+        self.received.append(data)
+        self.depth -= 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.append(exc)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+
+def connected(stats: PipeStats | None = None) -> tuple[Pipe, Recorder, Recorder]:
+    pipe = Pipe(asyncio.get_running_loop(), stats=stats)
+    client, server = Recorder(), Recorder()
+    pipe.connect(client, server)
+    return pipe, client, server
+
+
+async def test_write_is_delivered_at_once_and_in_order() -> None:
+    pipe, client, server = connected()
+    pipe.client.write(b"one")
+    pipe.client.write(bytearray(b"two"))
+    pipe.client.write(memoryview(b"three"))
+    assert server.received == [b"one", b"two", b"three"]  # no loop turn needed
+    assert all(type(chunk) is bytes for chunk in server.received)
+    pipe.server.write(b"back")
+    assert client.received == [b"back"]
+
+
+async def test_paused_reader_holds_back_the_writer() -> None:
+    stats = PipeStats()
+    pipe, client, server = connected(stats)
+    pipe.server.pause_reading()
+    chunk = b"x" * 16384
+    writes = 0
+    while not client.paused:
+        pipe.client.write(chunk)
+        writes += 1
+    assert server.received == []
+    assert pipe.buffered == writes * len(chunk) > HIGH_WATER
+    assert stats.peak == pipe.buffered
+    pipe.server.resume_reading()
+    assert server.received == []  # delivery happens from the loop, not inside resume_reading
+    await asyncio.sleep(0)
+    assert b"".join(server.received) == chunk * writes
+    assert (client.paused, pipe.buffered, stats.buffered) == (False, 0, 0)
+
+
+async def test_resume_writing_waits_for_low_water() -> None:
+    pipe, client, _server = connected()
+
+    class PausingReader(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            assert self.transport is not None
+            self.transport.pause_reading()  # one chunk per resume
+
+    reader = PausingReader()
+    pipe.server.set_protocol(reader)
+    reader.connection_made(pipe.server)
+    pipe.server.pause_reading()
+    for _ in range(8):
+        pipe.client.write(b"y" * 16384)
+    assert client.paused
+    while pipe.buffered > LOW_WATER:
+        assert client.paused
+        pipe.server.resume_reading()
+        await asyncio.sleep(0)
+    assert not client.paused
+
+
+async def test_no_reentrant_delivery() -> None:
+    pipe, _client, _server = connected()
+
+    class Echo(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if data == b"ping":
+                assert self.transport is not None
+                self.transport.write(b"pong")
+
+    class Pinger(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if data == b"pong":
+                assert self.transport is not None
+                self.transport.write(b"ping-again")
+
+    echo, pinger = Echo(), Pinger()
+    for end, protocol in ((pipe.server, echo), (pipe.client, pinger)):
+        end.set_protocol(protocol)
+        protocol.connection_made(end)
+    pipe.client.write(b"ping")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert echo.received == [b"ping", b"ping-again"]
+    assert pinger.received == [b"pong"]
+    assert echo.max_depth == 1
+    assert pinger.max_depth == 1
+
+
+async def test_close_delivers_what_was_queued_then_loses_both() -> None:
+    pipe, client, server = connected()
+    pipe.client.pause_reading()
+    pipe.server.write(b"last words")
+    pipe.server.close()
+    assert pipe.server.is_closing()
+    await asyncio.sleep(0)
+    assert client.lost == []
+    assert server.lost == []
+    pipe.client.resume_reading()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert client.received == [b"last words"]
+    assert client.lost == [None]
+    assert server.lost == [None]
+
+
+async def test_abort_drops_queue_and_resets_the_peer() -> None:
+    pipe, client, server = connected()
+    pipe.server.pause_reading()
+    pipe.client.write(b"never read")
+    pipe.client.abort()
+    await asyncio.sleep(0)
+    assert server.received == []
+    assert client.lost == [None]
+    assert len(server.lost) == 1
+    assert isinstance(server.lost[0], ConnectionResetError)
+    assert pipe.buffered == 0
+    pipe.client.write(b"after close")  # dropped, like a socket whose connection is gone
+    assert server.received == []
+
+
+async def test_on_close_names_the_error_the_peer_sees() -> None:
+    seen: list[bool] = []
+
+    def on_close(by_client: bool) -> Exception | None:
+        seen.append(by_client)
+        return RuntimeError("cut short")
+
+    pipe = Pipe(asyncio.get_running_loop(), on_close=on_close)
+    client, server = Recorder(), Recorder()
+    pipe.connect(client, server)
+    pipe.server.close()
+    await asyncio.sleep(0)
+    assert seen == [False]
+    assert server.lost == [None]
+    assert isinstance(client.lost[0], RuntimeError)
+
+
+async def test_when_flushed_waits_for_delivery() -> None:
+    pipe, _client, _server = connected()
+    calls: list[str] = []
+    pipe.server.when_flushed(lambda: calls.append("now"))
+    assert calls == ["now"]
+    pipe.client.pause_reading()
+    pipe.server.write(b"body")
+    pipe.server.when_flushed(lambda: calls.append("later"))
+    assert calls == ["now"]
+    pipe.client.resume_reading()
+    await asyncio.sleep(0)
+    assert calls == ["now", "later"]
+
+
+async def test_a_failing_protocol_does_not_unwind_into_the_writer() -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        pipe, client, _server = connected()
+
+        class Broken(Recorder):
+            def data_received(self, data: bytes) -> None:
+                raise ValueError("parser bug")
+
+        broken = Broken()
+        pipe.server.set_protocol(broken)
+        broken.connection_made(pipe.server)
+        pipe.client.write(b"boom")  # must not raise here
+        await asyncio.sleep(0)
+        assert isinstance(errors[0]["exception"], ValueError)
+        assert pipe.closed
+        assert isinstance(client.lost[0], ConnectionResetError)
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_extra_info_and_limits() -> None:
+    pipe = Pipe(asyncio.get_running_loop(), client_extra={"peername": ("openai", 80)})
+    assert pipe.client.get_extra_info("peername") == ("openai", 80)
+    assert pipe.client.get_extra_info("socket") is None
+    pipe.client.set_write_buffer_limits(high=1000)
+    assert pipe.client.get_write_buffer_limits() == (250, 1000)
+    assert not pipe.client.can_write_eof()
