@@ -83,6 +83,9 @@ class Provider:
             handle_signals=False,
             handler_cancellation=True,
             shutdown_timeout=self._grace_period,
+            # The mesh observes every request itself (metrics, serve's access
+            # log); aiohttp's per-request access line would only repeat it.
+            access_log=None,
         )
         try:
             await runner.setup()
