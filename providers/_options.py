@@ -1,0 +1,223 @@
+"""Reading a provider's options from a config table, collecting every error.
+
+An :class:`OptionReader` wraps one table (``providers.<name>`` of a config
+file, or a plain dict in code). Each typed read records a problem instead of
+raising, so one pass over a file reports every mistake at once, each with its
+key path (``providers.openai.upstream``) and what was expected. A kind's
+parser reads what it knows; :meth:`OptionReader.finish` then reports the keys
+nobody read, and raises :class:`OptionsError` if anything was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from yarl import URL
+
+__all__ = ["OptionError", "OptionReader", "OptionsError"]
+
+
+@dataclass(frozen=True, slots=True)
+class OptionError:
+    """One problem in a config: where it is and what was expected there."""
+
+    path: str  # key path, such as "providers.openai.upstream"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class OptionsError(ValueError):
+    """Options were invalid; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: Iterable[OptionError]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def _kind_of(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    for type_, name in names.items():
+        if type(value) is type_:
+            return f"{name} ({value!r})"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+class OptionReader:
+    """Typed reads from one options table; errors are collected, not raised.
+
+    Args:
+        raw: the table (``dict`` from ``tomllib`` or from code).
+        path: the key path of the table, used in error messages.
+        environ: where ``*_env`` options are looked up (``os.environ``).
+        errors: a list shared with other readers, to report a whole file.
+    """
+
+    def __init__(
+        self,
+        raw: Mapping[str, object],
+        path: str = "options",
+        *,
+        environ: Mapping[str, str] | None = None,
+        errors: list[OptionError] | None = None,
+    ) -> None:
+        self._raw = raw
+        self.path = path
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.errors: list[OptionError] = [] if errors is None else errors
+        self._read: set[str] = set()
+
+    def key(self, key: str) -> str:
+        """The full key path of ``key`` in this table (of the table itself for "")."""
+        return f"{self.path}.{key}" if self.path and key else self.path or key
+
+    def error(self, key: str, message: str) -> None:
+        """Record a problem with ``key``."""
+        self.errors.append(OptionError(self.key(key), message))
+
+    def _get(self, key: str) -> object:
+        self._read.add(key)
+        return self._raw.get(key)
+
+    def _wrong(self, key: str, expected: str, value: object) -> None:
+        self.error(key, f"expected {expected}, got {_kind_of(value)}")
+
+    def has(self, key: str) -> bool:
+        return key in self._raw
+
+    def string(self, key: str, default: str) -> str:
+        """A string; ``default`` when absent."""
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self._wrong(key, "a string", value)
+            return default
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self._wrong(key, "true or false", value)
+            return default
+        return value
+
+    def number(
+        self, key: str, default: float, *, minimum: float = 0.0, exclusive: bool = False
+    ) -> float:
+        """A finite number >= ``minimum`` (> with ``exclusive``); ints are accepted."""
+        value = self._get(key)
+        if value is None:
+            return default
+        bound = f"{'>' if exclusive else '>='} {minimum:g}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self._wrong(key, f"a number {bound}", value)
+            return default
+        number = float(value)
+        if not math.isfinite(number) or number < minimum or (exclusive and number == minimum):
+            self.error(key, f"expected a number {bound}, got {value!r}")
+            return default
+        return number
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._wrong(key, f"an integer >= {minimum}", value)
+            return default
+        if value < minimum:
+            self.error(key, f"expected an integer >= {minimum}, got {value!r}")
+            return default
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """An array of non-empty strings."""
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self._wrong(key, "an array of non-empty strings", value)
+            return default
+        return tuple(str(v) for v in value)
+
+    def url(self, key: str, *, required: bool) -> URL | None:
+        """An absolute ``http``/``https`` URL with a host and no query or fragment."""
+        value = self._get(key)
+        if value is None:
+            if required:
+                self.error(key, "missing: expected an http:// or https:// URL")
+            return None
+        if not isinstance(value, str):
+            self._wrong(key, "an http:// or https:// URL", value)
+            return None
+        try:
+            url = URL(value)
+            ok = url.scheme in ("http", "https") and bool(url.host) and url.port is not None
+        except ValueError:
+            ok = False
+        if not ok or url.query_string or url.fragment or url.user or url.password:
+            self.error(
+                key,
+                f"expected an http:// or https:// URL with a host and no query, fragment "
+                f"or credentials, got {value!r}",
+            )
+            return None
+        return url.with_path(url.path.rstrip("/"))
+
+    def env(self, key: str, *, required: bool = False) -> tuple[str, str] | None:
+        """The name of an environment variable and its value (``*_env`` options).
+
+        An option that names a variable which is not set (or is empty) is an
+        error: a missing key is found when the config is checked, not by the
+        first request.
+        """
+        name = self._get(key)
+        if name is None:
+            if required:
+                self.error(key, "missing: expected the name of an environment variable")
+            return None
+        if not isinstance(name, str) or not name:
+            self._wrong(key, "the name of an environment variable", name)
+            return None
+        value = self.environ.get(name)
+        if not value:
+            self.error(key, f"environment variable {name} is not set (or is empty)")
+            return None
+        return name, value
+
+    def table(self, key: str) -> Mapping[str, object] | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            self._wrong(key, "a table", value)
+            return None
+        return value
+
+    def check_unknown(self) -> None:
+        """Record every key of the table that no read asked for as unknown."""
+        expected = ", ".join(sorted(self._read)) or "no keys"
+        for key in self._raw:
+            if key not in self._read:
+                self.error(key, f"unknown key (expected one of: {expected})")
+
+    def finish(self) -> None:
+        """Check for unknown keys, then raise if anything was wrong.
+
+        Raises:
+            OptionsError: this reader (or any sharing its error list) recorded errors.
+        """
+        self.check_unknown()
+        if self.errors:
+            raise OptionsError(self.errors)

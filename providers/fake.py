@@ -1,0 +1,360 @@
+"""The ``fake`` kind: a local, deterministic LLM emulator. No key, no network.
+
+It speaks the two wire formats agents use, closely enough for the official
+SDKs: OpenAI chat completions (``POST /v1/chat/completions``, streaming and
+not, with ``stream_options.include_usage``) and Anthropic messages (``POST
+/v1/messages`` with the real event sequence, ``/v1/messages/count_tokens``),
+plus ``GET /v1/models`` (Anthropic-shaped when the caller sends
+``anthropic-version``). Replies are made of deterministic words, paced by
+``time_to_first_token`` and ``tokens_per_second``; ``usage`` counts the tokens
+actually sent. ``fail_every = N`` makes every Nth generation raise, so a demo
+or a test sees handler errors (500s) on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+
+from meshbridge import source_of
+
+from ._caller import caller_may_leave
+from ._kind import Kind, ProviderContext
+from ._metrics import TokenMetrics, Usage
+from ._options import OptionReader
+from ._sse import encode
+from ._text import content_text, prompt_tokens, reply_tokens
+
+__all__ = ["KIND", "FakeOptions", "create_app", "parse_options"]
+
+JSON = dict[str, Any]
+DEFAULT_MODELS: Final = ("fake-small", "fake-large")
+
+
+@dataclass(frozen=True, slots=True)
+class FakeOptions:
+    """Options of a fake provider (all optional)."""
+
+    tokens_per_second: float = 100.0  # 0: as fast as the caller reads
+    time_to_first_token: float = 0.1  # seconds before the first token
+    reply_tokens: int = 24  # tokens per reply, unless max_tokens is lower
+    models: tuple[str, ...] = DEFAULT_MODELS  # listed by /v1/models; other names label as "other"
+    fail_every: int = 0  # every Nth generation raises (a 500); 0: never
+
+    def describe(self) -> Mapping[str, str]:
+        return {
+            "upstream": "(in process)",
+            "tokens_per_second": f"{self.tokens_per_second:g}",
+            "time_to_first_token": f"{self.time_to_first_token:g}",
+            "reply_tokens": str(self.reply_tokens),
+            "models": ",".join(self.models),
+            "fail_every": str(self.fail_every),
+        }
+
+
+def parse_options(reader: OptionReader) -> FakeOptions:
+    """Read a fake provider's options; problems are recorded on ``reader``."""
+    d = FakeOptions()
+    return FakeOptions(
+        tokens_per_second=reader.number("tokens_per_second", d.tokens_per_second),
+        time_to_first_token=reader.number("time_to_first_token", d.time_to_first_token),
+        reply_tokens=reader.integer("reply_tokens", d.reply_tokens, minimum=1),
+        models=reader.strings("models", d.models),
+        fail_every=reader.integer("fail_every", d.fail_every),
+    )
+
+
+class FakeFailure(RuntimeError):
+    """Raised on purpose by a fake provider configured with ``fail_every``."""
+
+
+class _Fake:
+    """The state of one fake provider app."""
+
+    def __init__(self, options: FakeOptions, context: ProviderContext) -> None:
+        self.options = options
+        self.provider = context.name
+        self.metrics = TokenMetrics.on(context.registry)
+        self.labels = self.metrics.models(context.name, options.models, len(options.models))
+        self._generations = itertools.count(1)
+        self._ids = itertools.count(1)
+
+    def next_id(self, prefix: str) -> str:
+        return f"{prefix}{self.provider}-{next(self._ids):08d}"
+
+    def start_generation(self) -> None:
+        n = next(self._generations)
+        every = self.options.fail_every
+        if every and n % every == 0:
+            raise FakeFailure(f"fake provider {self.provider!r} fails every {every} requests")
+
+    async def pace(self, index: int) -> None:
+        """Wait before token ``index`` (0 is the first)."""
+        if index == 0:
+            delay = self.options.time_to_first_token
+        elif self.options.tokens_per_second:
+            delay = 1.0 / self.options.tokens_per_second
+        else:
+            delay = 0.0
+        await asyncio.sleep(delay)
+
+    def record(self, request: web.Request, model: str, usage: Usage, ttft: float | None) -> None:
+        source = source_of(request) or "none"
+        label = self.labels.label(model)
+        self.metrics.record(self.provider, source, label, usage)
+        if ttft is not None:
+            self.metrics.first_token(self.provider, source, label, ttft)
+
+
+FAKE: web.AppKey[_Fake] = web.AppKey("meshbridge_fake", _Fake)
+
+
+def _openai_error(status: int, message: str, type_: str = "invalid_request_error") -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
+    return web.json_response(body, status=status)
+
+
+def _anthropic_error(
+    status: int, message: str, type_: str = "invalid_request_error"
+) -> web.Response:
+    body = {"type": "error", "error": {"type": type_, "message": message}}
+    return web.json_response(body, status=status)
+
+
+def _problem(body: object, *, needs_max_tokens: bool) -> str | None:
+    """What is wrong with a generation request, or None."""
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "model: Field required (a string)"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return "messages: Field required (an array of objects)"
+    max_tokens = body.get("max_tokens")
+    if needs_max_tokens and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        return "max_tokens: Field required (a positive integer)"
+    return None
+
+
+async def _read(
+    request: web.Request, *, anthropic: bool, needs_max_tokens: bool = False
+) -> JSON | web.Response:
+    """The request's JSON body, or the provider-shaped 400 answering it."""
+    error = _anthropic_error if anthropic else _openai_error
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        return error(400, f"invalid JSON in request body: {exc}")
+    problem = _problem(body, needs_max_tokens=needs_max_tokens)
+    if problem is not None:
+        return error(400, problem)
+    assert isinstance(body, dict)
+    return body
+
+
+def _limit(body: JSON, default: int, *keys: str) -> int:
+    for key in keys:
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return min(value, default)
+    return default
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE]
+    body = await _read(request, anthropic=False)
+    if isinstance(body, web.Response):
+        return body
+    fake.start_generation()
+    started = time.perf_counter()
+    model: str = body["model"]
+    budget = _limit(body, fake.options.reply_tokens, "max_completion_tokens", "max_tokens")
+    tokens = reply_tokens(body["messages"], budget)
+    finish = "length" if budget < fake.options.reply_tokens else "stop"
+    usage = Usage(input=prompt_tokens(content_text(m.get("content")) for m in body["messages"]))
+    base = {"id": fake.next_id("chatcmpl-"), "created": int(time.time()), "model": model}
+    base["system_fingerprint"] = "fp_meshbridge_fake"
+
+    def usage_json() -> JSON:
+        return {
+            "prompt_tokens": usage.input,
+            "completion_tokens": usage.output,
+            "total_tokens": usage.input + usage.output,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+
+    ttft: float | None = None
+    with caller_may_leave():
+        try:
+            if body.get("stream") is not True:
+                for i in range(len(tokens)):
+                    await fake.pace(i)
+                usage.output = len(tokens)
+                message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
+                choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                answer = {**base, "object": "chat.completion", "choices": [choice]}
+                return web.json_response({**answer, "usage": usage_json()})
+
+            options = body.get("stream_options")
+            with_usage = isinstance(options, dict) and options.get("include_usage") is True
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            response.headers["Cache-Control"] = "no-cache"
+            await response.prepare(request)
+
+            async def chunk(delta: JSON, finish_reason: str | None = None) -> None:
+                choice = {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+                data = {**base, "object": "chat.completion.chunk", "choices": [choice]}
+                if with_usage:
+                    data["usage"] = None
+                await response.write(encode(data))
+
+            await chunk({"role": "assistant", "content": "", "refusal": None})
+            for i, token in enumerate(tokens):
+                await fake.pace(i)
+                await chunk({"content": token})
+                usage.output += 1
+                if i == 0:
+                    ttft = time.perf_counter() - started
+            await chunk({}, finish)
+            if with_usage:
+                final = {**base, "object": "chat.completion.chunk", "choices": []}
+                await response.write(encode({**final, "usage": usage_json()}))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+        finally:
+            fake.record(request, model, usage, ttft)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE]
+    body = await _read(request, anthropic=True, needs_max_tokens=True)
+    if isinstance(body, web.Response):
+        return body
+    fake.start_generation()
+    started = time.perf_counter()
+    model: str = body["model"]
+    budget = _limit(body, fake.options.reply_tokens, "max_tokens")
+    tokens = reply_tokens(body["messages"], budget)
+    stop_reason = "max_tokens" if budget < fake.options.reply_tokens else "end_turn"
+    texts = [content_text(body.get("system"))]
+    texts += [content_text(m.get("content")) for m in body["messages"]]
+    usage = Usage(input=prompt_tokens(texts))
+    cache = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    message: JSON = {"id": fake.next_id("msg_"), "type": "message", "role": "assistant"}
+    message["model"] = model
+    ttft: float | None = None
+    with caller_may_leave():
+        try:
+            if body.get("stream") is not True:
+                for i in range(len(tokens)):
+                    await fake.pace(i)
+                usage.output = len(tokens)
+                message["content"] = [{"type": "text", "text": "".join(tokens)}]
+                message.update(stop_reason=stop_reason, stop_sequence=None)
+                message["usage"] = {
+                    "input_tokens": usage.input,
+                    "output_tokens": usage.output,
+                    **cache,
+                }
+                return web.json_response(message)
+
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            response.headers["Cache-Control"] = "no-cache"
+            await response.prepare(request)
+
+            async def send(event: str, data: JSON) -> None:
+                await response.write(encode({"type": event, **data}, event))
+
+            message.update(content=[], stop_reason=None, stop_sequence=None)
+            message["usage"] = {"input_tokens": usage.input, "output_tokens": 1, **cache}
+            await send("message_start", {"message": message})
+            await send(
+                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            )
+            await send("ping", {})
+            for i, token in enumerate(tokens):
+                await fake.pace(i)
+                await send(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "text_delta", "text": token}},
+                )
+                usage.output += 1
+                if i == 0:
+                    ttft = time.perf_counter() - started
+            await send("content_block_stop", {"index": 0})
+            delta = {"stop_reason": stop_reason, "stop_sequence": None}
+            await send("message_delta", {"delta": delta, "usage": {"output_tokens": usage.output}})
+            await send("message_stop", {})
+            await response.write_eof()
+            return response
+        finally:
+            fake.record(request, model, usage, ttft)
+
+
+async def count_message_tokens(request: web.Request) -> web.Response:
+    body = await _read(request, anthropic=True)
+    if isinstance(body, web.Response):
+        return body
+    texts = [content_text(body.get("system"))]
+    texts += [content_text(m.get("content")) for m in body["messages"]]
+    return web.json_response({"input_tokens": prompt_tokens(texts)})
+
+
+async def models(request: web.Request) -> web.Response:
+    names = request.app[FAKE].options.models
+    if "anthropic-version" in request.headers:
+        data = [
+            {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+            for m in names
+        ]
+        first, last = (names[0], names[-1]) if names else (None, None)
+        return web.json_response(
+            {"data": data, "has_more": False, "first_id": first, "last_id": last}
+        )
+    listed: list[JSON] = [
+        {"id": m, "object": "model", "created": 0, "owned_by": "meshbridge"} for m in names
+    ]
+    return web.json_response({"object": "list", "data": listed})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    message = f"no route {request.method} {request.path} on this fake provider"
+    if "anthropic-version" in request.headers:
+        return _anthropic_error(404, message, "not_found_error")
+    return _openai_error(404, message, "not_found_error")
+
+
+def create_app(options: FakeOptions, context: ProviderContext) -> web.Application:
+    """A fake LLM provider app (see the module docstring for what it serves)."""
+    app = web.Application()
+    app[FAKE] = _Fake(options, context)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_message_tokens)
+    app.router.add_get("/v1/models", models)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+KIND: Final = Kind(
+    name="fake",
+    summary="local deterministic LLM emulator (OpenAI and Anthropic shapes)",
+    parse_options=parse_options,
+    create_app=create_app,
+)
