@@ -9,6 +9,7 @@ can forge them, and is measured in Prometheus metrics.
 
 from __future__ import annotations
 
+from ._config import ConfigError
 from ._connector import MeshConnector
 from ._exceptions import MeshError, MeshNotRunning, MissingAPIKeyID, ProviderNotFound
 from ._exchange import api_key_id_of, source_of
@@ -16,6 +17,7 @@ from ._mesh import Mesh
 from ._source import Source, use_api_key_id, use_source
 
 __all__ = [
+    "ConfigError",
     "Mesh",
     "MeshConnector",
     "MeshError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -305,3 +306,25 @@ class Mesh:
         """The most bytes the mesh's pipes have held at any one moment."""
         return self._stats.peak
 
+    # -- configuration -----------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, path: str | os.PathLike[str], *, registry: CollectorRegistry | None = None
+    ) -> Mesh:
+        """A mesh with every provider of a TOML config file registered.
+
+        The same router table ``meshbridge serve`` runs: each ``[providers.NAME]``
+        table is built by its kind with its options and ``require_api_key_id``;
+        ``server.grace_period`` becomes the mesh's grace period.
+
+        Raises:
+            ConfigError: the file cannot be read or has errors (all are listed,
+                each with its key path); nothing is registered.
+        """
+        from ._config import load_config
+
+        config = load_config(path)
+        mesh = cls(registry=registry, grace_period=config.server.grace_period)
+        config.register(mesh)
+        return mesh

@@ -1,0 +1,341 @@
+"""``meshbridge demo``: the service on fake providers, under a live workload.
+
+It serves a built-in config (two fake providers, ``local`` speaking the
+OpenAI shape and ``local-anthropic`` the Anthropic one; no key, no network)
+exactly as ``meshbridge serve`` would, then keeps a workload running until
+``--duration`` ends or Ctrl-C:
+
+* in-process agents with the Sources ``agents``, ``api`` and ``batch`` stream
+  completions through ``mesh.session()``; every fifth ``agents`` stream is
+  closed early by its caller (a cancellation);
+* the fake providers fail every Nth generation on purpose (handler errors,
+  500s);
+* an outside caller goes through the gated HTTP route with the demo token,
+  and now and then without it (401);
+* the config is reloaded every few seconds (alternating two variants), as
+  SIGHUP would, while streams run.
+
+So every metric family on ``/metrics`` has data. It prints progress, and a
+summary per provider and source at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import aiohttp
+
+from ._config import Config, load_config
+from ._service import Service, serve_until_signalled
+from ._source import Source
+
+__all__ = ["BUILTIN_CONFIG", "Demo"]
+
+DEMO_TOKEN: Final = "demo-token-not-a-secret"
+BUILTIN_CONFIG: Final = """\
+# The config `meshbridge demo` runs: fake providers only (no key, no network).
+[server]
+listen = "127.0.0.1:8080"
+grace_period = 2.0
+
+[server.clients.demo]
+token = "{token}"
+source = "api"
+
+[providers.local]
+kind = "fake"
+tokens_per_second = {tps}
+time_to_first_token = 0.05
+reply_tokens = 24
+fail_every = 13
+models = ["fake-small", "fake-large"]
+
+[providers.local-anthropic]
+kind = "fake"
+tokens_per_second = 150
+time_to_first_token = 0.08
+fail_every = 17
+models = ["fake-claude"]
+"""
+_VARIANTS: Final = (200, 300)  # tokens_per_second of `local`, swapped at each reload
+_RELOAD_EVERY: Final = 4.0
+_OUTSIDE_EVERY: Final = 1.0
+
+
+def builtin_config(variant: int = 0) -> str:
+    return BUILTIN_CONFIG.format(token=DEMO_TOKEN, tps=_VARIANTS[variant % len(_VARIANTS)])
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+@dataclass
+class Row:
+    """What one (provider, source, route) saw, from the caller's side."""
+
+    requests: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    tokens: int = 0
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+
+
+class _FakeFailures(logging.Filter):
+    """Drops the tracebacks of the failures the fake providers make on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return type(exc).__name__ != "FakeFailure"
+
+
+@contextlib.contextmanager
+def _quiet_fake_failures() -> Iterator[None]:
+    quiet = _FakeFailures()
+    loggers = [logging.getLogger(n) for n in ("aiohttp.server", "meshbridge")]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
+def _is_token(line: bytes) -> bool:
+    """An SSE data line carrying a token, in the OpenAI or the Anthropic shape."""
+    return line.startswith(b"data: {") and (
+        b'"delta":{"content":' in line or b'"type":"content_block_delta"' in line
+    )
+
+
+def _is_anthropic(provider: str, config: Config) -> bool:
+    kind = config.providers[provider].kind
+    return kind == "anthropic" or (
+        kind == "fake" and ("anthropic" in provider or "claude" in provider)
+    )
+
+
+class Demo:
+    """The demo workload around a running :class:`Service`."""
+
+    def __init__(self, service: Service, out: TextIO, variant_file: Path | None) -> None:
+        self.service = service
+        self.out = out
+        self._variant_file = variant_file  # the built-in config, rewritten at each reload
+        self._variant = 0
+        self.rows: dict[tuple[str, str, str], Row] = {}
+        self.reloads = 0
+        self.rejected = 0
+        self.started = time.perf_counter()
+        config = service.reloader.config
+        self.providers = [n for n, p in config.providers.items() if p.kind == "fake"]
+        self.client = config.server.clients[0] if config.server.clients else None
+
+    def row(self, provider: str, source: str, route: str) -> Row:
+        return self.rows.setdefault((provider, source, route), Row())
+
+    def _request(self, provider: str, n: int, max_tokens: int, stream: bool) -> tuple[str, Any]:
+        messages = [{"role": "user", "content": f"request {n}: tell me about the mesh"}]
+        if _is_anthropic(provider, self.service.reloader.config):
+            body = {"model": "fake-claude", "max_tokens": max_tokens, "messages": messages}
+            return "/v1/messages", {**body, "stream": stream}
+        body = {"model": "fake-small", "max_tokens": max_tokens, "messages": messages}
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        return "/v1/chat/completions", body
+
+    async def _call(
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        provider: str,
+        row: Row,
+        n: int,
+        *,
+        max_tokens: int,
+        stream: bool = True,
+        stop_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        path, body = self._request(provider, n, max_tokens, stream)
+        started = time.perf_counter()
+        tokens = 0
+        row.requests += 1
+        try:
+            async with session.post(base + path, json=body, headers=headers) as response:
+                if response.status != 200:
+                    await response.read()
+                    row.errors += 1
+                    return
+                if not stream:
+                    answer = await response.json()
+                    usage = answer.get("usage", {})
+                    row.tokens += usage.get("completion_tokens", usage.get("output_tokens", 0))
+                    row.latencies.append(time.perf_counter() - started)
+                    return
+                async for line in response.content:
+                    if not _is_token(line):
+                        continue
+                    if tokens == 0:
+                        row.ttfts.append(time.perf_counter() - started)
+                    tokens += 1
+                    if stop_after is not None and tokens >= stop_after:
+                        row.cancelled += 1  # leaving the block closes the stream early
+                        return
+            row.latencies.append(time.perf_counter() - started)
+        except aiohttp.ClientError:
+            row.errors += 1
+        finally:
+            row.tokens += tokens
+
+    async def agent(self, source: str, worker: int, max_tokens: int, cancel_every: int) -> None:
+        """One in-process caller, streaming through the mesh with ``source``."""
+        async with self.service.mesh.session(source=Source(source)) as session:
+            for n in range(worker, 1 << 62):
+                provider = self.providers[n % len(self.providers)]
+                stop = 3 if cancel_every and n % cancel_every == 0 else None
+                row = self.row(provider, source, "mesh")
+                await self._call(
+                    session, f"http://{provider}", provider, row, n,
+                    max_tokens=max_tokens, stop_after=stop,
+                )  # fmt: skip
+                await asyncio.sleep(0.02)
+
+    async def outside(self) -> None:
+        """A caller outside the process, through the gated HTTP route."""
+        base = self.service.url
+        async with aiohttp.ClientSession() as session:
+            for n in range(1 << 62):
+                provider = self.providers[n % len(self.providers)]
+                if n % 5 == 4 or self.client is None:
+                    async with session.get(f"{base}/{provider}/v1/models") as response:
+                        self.rejected += response.status == 401
+                else:
+                    row = self.row(provider, self.client.source, "http")
+                    await self._call(
+                        session, f"{base}/{provider}", provider, row, n,
+                        max_tokens=8, stream=n % 2 == 0,
+                        headers={"Authorization": f"Bearer {self.client.token}"},
+                    )  # fmt: skip
+                await asyncio.sleep(_OUTSIDE_EVERY)
+
+    async def reload(self) -> None:
+        """Reload the config every few seconds, as SIGHUP does."""
+        await asyncio.sleep(_RELOAD_EVERY / 2)
+        while True:
+            if self._variant_file is not None:
+                self._variant += 1
+                self._variant_file.write_text(builtin_config(self._variant))
+            self.reloads += await self.service.reloader.reload()
+            await asyncio.sleep(_RELOAD_EVERY)
+
+    async def progress(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            rows = self.rows.values()
+            requests, errors = sum(r.requests for r in rows), sum(r.errors for r in rows)
+            cancelled, tokens = sum(r.cancelled for r in rows), sum(r.tokens for r in rows)
+            self.out.write(
+                f"[{time.perf_counter() - self.started:6.1f}s] {requests} requests, "
+                f"{errors} errors, {cancelled} cancelled, {tokens} tokens, "
+                f"{self.reloads} reloads, {self.rejected} rejected at the gate\n"
+            )
+            self.out.flush()
+
+    def summary(self) -> str:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        head = ("provider", "source", "via", "requests", "errors", "cancelled",
+                "p50 ms", "p95 ms", "ttft ms", "tokens", "tokens/s")  # fmt: skip
+        lines = [head]
+        for (provider, source, route), r in sorted(self.rows.items()):
+            lines.append((
+                provider, source, route, str(r.requests), str(r.errors), str(r.cancelled),
+                f"{_percentile(r.latencies, 0.5) * 1000:.0f}",
+                f"{_percentile(r.latencies, 0.95) * 1000:.0f}",
+                f"{_percentile(r.ttfts, 0.5) * 1000:.0f}" if r.ttfts else "-",
+                str(r.tokens), f"{r.tokens / elapsed:.1f}",
+            ))  # fmt: skip
+        widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+        text = [
+            "  ".join(
+                c.ljust(w) if i < 3 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            )
+            for line in lines
+        ]
+        text.insert(1, "  ".join("-" * w for w in widths))
+        footer = (
+            f"{elapsed:.1f}s, {self.reloads} config reloads, "
+            f"{self.rejected} calls rejected at the gate (401)"
+        )
+        return "\n".join([*text, footer])
+
+
+async def run_demo(
+    config_path: Path | None,
+    host: str | None,
+    port: int | None,
+    duration: float | None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Serve a config of fake providers under the demo workload (see module doc)."""
+    with contextlib.ExitStack() as stack:
+        variant_file = None
+        if config_path is None:
+            folder = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="meshbridge-demo-"))
+            )
+            config_path = variant_file = folder / "demo.toml"
+            variant_file.write_text(builtin_config(0))
+        config = load_config(config_path)
+        if not any(p.kind == "fake" for p in config.providers.values()):
+            out.write(f"{config_path}: the demo needs at least one provider of kind 'fake'\n")
+            return 2
+        stack.enter_context(_quiet_fake_failures())
+        async with Service(config, host=host, port=port) as service:
+            demo = Demo(service, out, variant_file)
+            url, first = service.url, demo.providers[0]
+            out.write(f"meshbridge demo: serving {', '.join(service.mesh.providers)} on {url}\n")
+            out.write(f"  metrics: {url}/metrics\n")
+            if demo.client is not None:
+                token = demo.client.token if variant_file is not None else "<your token>"
+                out.write(
+                    f"  try: curl -H 'Authorization: Bearer {token}' {url}/{first}/v1/models\n"
+                )
+            out.write("" if duration else "  Ctrl-C to stop\n")
+            out.flush()
+            stopped = asyncio.Event()
+            work = [
+                *(demo.agent("agents", w, 24, cancel_every=5) for w in range(4)),
+                *(demo.agent("api", w, 8, cancel_every=0) for w in range(2)),
+                *(demo.agent("batch", w, 64, cancel_every=0) for w in range(2)),
+                demo.outside(),
+                demo.reload(),
+                demo.progress(),
+            ]
+            tasks = [asyncio.create_task(w) for w in work]
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(duration, stopped.set) if duration else None
+            try:
+                await serve_until_signalled(service, stopped)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        out.write("\n" + demo.summary() + "\n")
+        out.flush()
+        return 0
