@@ -1,0 +1,109 @@
+"""Session fixtures of the ops tests: one demo workload and one Prometheus scraping it.
+
+Both are real processes on free 127.0.0.1 ports, started once for the ops
+suite and stopped by their own pid at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from ._promql import exported_names
+from ._stack import PROMETHEUS_DIR, Demo, Process, Prometheus, free_port, http_get, wait_for
+from ._stack import require_tool as _require_tool
+
+# The demo bounds itself with --duration in case this process dies before its
+# teardown; the suite is done well before.
+DEMO_SECONDS = 150
+SCRAPE_INTERVAL = "1s"
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return _require_tool("promtool")
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """``meshbridge demo`` on a free port, ready to serve /metrics."""
+    address = f"127.0.0.1:{free_port()}"
+    argv = [
+        sys.executable,
+        "-m",
+        "meshbridge",
+        "demo",
+        "--listen",
+        address,
+        "--duration",
+        str(DEMO_SECONDS),
+    ]
+    log = tmp_path_factory.mktemp("demo") / "demo.log"
+    process = Process.start("meshbridge demo", argv, log)
+    try:
+
+        def ready() -> bool | None:
+            process.check_running()
+            return http_get(f"http://{address}/readyz")[0] == 200 or None
+
+        wait_for(f"{' '.join(argv)} to answer /readyz", ready, timeout=30)
+        yield Demo(process, address)
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def exported(demo: Demo) -> dict[str, set[str]]:
+    """family -> queryable series names, from a scrape of the demo."""
+    return exported_names(demo.scrape())
+
+
+@pytest.fixture(scope="session")
+def prometheus(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """A real Prometheus scraping the demo every second, with prometheus/alerts.yml loaded."""
+    binary = _require_tool("prometheus")
+    workdir = tmp_path_factory.mktemp("prometheus")
+    config = workdir / "prometheus.yml"
+    # JSON is YAML. The job name is the one prometheus/prometheus.yml uses.
+    config.write_text(
+        json.dumps(
+            {
+                "global": {
+                    "scrape_interval": SCRAPE_INTERVAL,
+                    "scrape_timeout": SCRAPE_INTERVAL,
+                    "evaluation_interval": SCRAPE_INTERVAL,
+                },
+                "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],
+                "scrape_configs": [
+                    {"job_name": "meshbridge", "static_configs": [{"targets": [demo.address]}]}
+                ],
+            },
+            indent=2,
+        )
+    )
+    address = f"127.0.0.1:{free_port()}"
+    argv = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address={address}",
+    ]
+    process = Process.start("prometheus", argv, workdir / "prometheus.log")
+    server = Prometheus(process, address)
+    try:
+
+        def ready() -> bool | None:
+            process.check_running()
+            return http_get(f"{server.url}/-/ready")[0] == 200 or None
+
+        def scraped() -> bool | None:
+            return bool(server.query('sum_over_time(up{job="meshbridge"}[1m]) >= 3')) or None
+
+        wait_for("prometheus to be ready", ready, timeout=30)
+        wait_for("three scrapes of the demo", scraped, timeout=30)
+        yield server
+    finally:
+        process.stop()
