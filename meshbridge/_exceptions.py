@@ -12,7 +12,9 @@ Every error is a :class:`MeshError`, and a ``MeshError`` is an
             └── MeshNotRunning        the mesh is not started, or is closing
 
 Bad arguments (an invalid provider name, source or option) raise ``ValueError``
-or ``TypeError`` at the call that received them, never later.
+or ``TypeError`` at the call that received them, never later. A config file
+with errors raises ``ConfigError`` (a ``ValueError``, in ``_config.py``) listing
+every error with its key path.
 """
 
 from __future__ import annotations

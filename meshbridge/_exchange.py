@@ -68,7 +68,7 @@ class Exchange:
         self._series = series
         self._started = perf_counter()
         if series is not None:
-            series.in_flight.inc()
+            series.in_flight += 1
 
     def received(self, body: _Counted) -> None:
         """The provider parsed the request; ``body`` counts its body bytes."""
@@ -80,12 +80,16 @@ class Exchange:
         if self._series is not None:
             self._series.ttfb.observe(perf_counter() - self._started)
 
+    def body_written(self, size: int, _total: int) -> None:
+        """The provider wrote ``size`` more body bytes (aiohttp's on_body_write)."""
+        self.response_bytes += size
+
     def handler_failed(self) -> None:
         """The provider's handler raised (or returned no response)."""
         if not self.failed:
             self.failed = True
             if self._series is not None:
-                self._series.handler_errors.inc()
+                self._series.handler_errors += 1
 
     def body_delivered(self) -> None:
         """The whole response reached the caller's side of the connection."""

@@ -60,9 +60,12 @@ class Link:
 
     def begin(self, exchange: Exchange) -> None:
         """The caller is about to send the request ``exchange`` describes."""
-        if self._open:
-            self._open = [e for e in self._open if not e.finished]
-        self._open.append(exchange)
+        still_open = self._open
+        if len(still_open) == 1 and still_open[0].finished:
+            still_open[0] = exchange  # the usual case: the previous request is done
+        else:
+            self._open = [e for e in still_open if not e.finished]
+            self._open.append(exchange)
         self._next = exchange
 
     def take(self) -> Exchange | None:
