@@ -1,0 +1,103 @@
+"""The command line: ``python -m benchmarks [--smoke] [--rounds N] [--only W] [--json PATH]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .contenders import CONTENDERS
+from .report import summarize, table, write_json
+from .runner import child_main, run
+from .workloads import FULL, SMOKE, WORKLOADS
+
+__all__ = ["main"]
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="meshbridge against loopback TCP, a Unix socket and in-process peers.",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds (CI)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds per workload (default 5, memory workloads at most 3; smoke 1)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="WORKLOAD",
+        help=f"run only these workloads (repeatable, or comma-separated; a prefix such as "
+        f"'unary' matches several): {', '.join(WORKLOADS)}",
+    )
+    parser.add_argument(
+        "--contender",
+        action="append",
+        metavar="NAME",
+        help=f"run only these contenders (repeatable): {', '.join(CONTENDERS)}",
+    )
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where the figures go")
+    parser.add_argument(
+        "--child", nargs=2, metavar=("WORKLOAD", "CONTENDER"), help=argparse.SUPPRESS
+    )
+    return parser
+
+
+def _pick(wanted: list[str] | None, known: Sequence[str], what: str, *, prefix: bool) -> list[str]:
+    """The known names asked for (comma-separated or repeated), in known order;
+    with ``prefix``, ``unary`` also picks ``unary_seq`` and ``unary_c64``."""
+    if not wanted:
+        return list(known)
+    asked = {w.strip() for item in wanted for w in item.split(",") if w.strip()}
+
+    def matches(name: str, ask: str) -> bool:
+        return name == ask or (prefix and name.startswith(ask))
+
+    unknown = sorted(a for a in asked if not any(matches(k, a) for k in known))
+    if unknown or not asked:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)}; known: {', '.join(known)}")
+    return [k for k in known if any(matches(k, a) for a in asked)]
+
+
+def _raise_fd_limit() -> None:
+    """A thousand TCP streams need two thousand descriptors, client and server."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    scale = SMOKE if args.smoke else FULL
+    _raise_fd_limit()
+    if args.child:
+        workload, contender = args.child
+        return child_main(WORKLOADS[workload], contender, scale)
+    rounds = args.rounds if args.rounds is not None else (1 if args.smoke else 5)
+    if rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
+    workloads = [WORKLOADS[n] for n in _pick(args.only, list(WORKLOADS), "workload", prefix=True)]
+    names = _pick(args.contender, list(CONTENDERS), "contender", prefix=False)
+    print(
+        f"{len(names)} contenders x {len(workloads)} workloads x {rounds} rounds", file=sys.stderr
+    )
+    started = time.perf_counter()
+    results = asyncio.run(run(workloads, names, scale, rounds, smoke=args.smoke))
+    seconds = time.perf_counter() - started
+    doc = summarize(workloads, names, results, scale, rounds, seconds)
+    print(table(doc))
+    write_json(doc, args.json)
+    print(f"\n{seconds:.0f} s; figures in {args.json}")
+    failed = sum(len(e) for per in results.errors.values() for e in per.values())
+    return 1 if failed else 0
