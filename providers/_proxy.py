@@ -42,7 +42,15 @@ from ._metrics import TokenMetrics, Usage
 from ._options import OptionReader
 from ._sse import Event, SSEError, SSEParser
 
-__all__ = ["Dialect", "Proxy", "ProxyOptions", "UpstreamStreamError", "Watcher", "count"]
+__all__ = [
+    "Dialect",
+    "Proxy",
+    "ProxyOptions",
+    "UpstreamStreamError",
+    "Watcher",
+    "count",
+    "error_message",
+]
 
 JSON = dict[str, Any]
 
@@ -108,13 +116,14 @@ def count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-class Watcher(Protocol):
+class Watcher:
     """Follows one upstream stream: usage, model, and how it ended."""
 
-    model: str | None
-    usage: Usage
-    finished: bool  # the final event arrived
-    failed: str | None  # the upstream sent an error event: its message
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.usage = Usage()
+        self.finished = False  # the final event arrived
+        self.failed: str | None = None  # the upstream sent an error event: its message
 
     def see(self, event: Event) -> bool:
         """Take one event; True if it carries output (a token).
@@ -122,7 +131,14 @@ class Watcher(Protocol):
         Raises:
             SSEError: the event is malformed.
         """
-        ...
+        raise NotImplementedError
+
+
+def error_message(error: object) -> str:
+    """The message of an upstream's error object (or the object itself)."""
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return str(error)
 
 
 class Dialect(Protocol):

@@ -21,7 +21,15 @@ from multidict import CIMultiDictProxy
 from ._kind import Kind, ProviderContext
 from ._metrics import Usage
 from ._options import OptionReader
-from ._proxy import ProxyOptions, count, json_payload, parse_proxy_options, proxy_app
+from ._proxy import (
+    ProxyOptions,
+    Watcher,
+    count,
+    error_message,
+    json_payload,
+    parse_proxy_options,
+    proxy_app,
+)
 from ._sse import Event, encode
 
 __all__ = ["KIND", "AnthropicOptions", "create_app", "parse_options"]
@@ -77,20 +85,8 @@ def _add_usage(usage: Usage, raw: object) -> None:
         usage.cache_write = count(raw["cache_creation_input_tokens"])
 
 
-def _message(error: object) -> str:
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return str(error)
-
-
-class _MessagesWatcher:
+class _MessagesWatcher(Watcher):
     """``message_start`` … ``message_stop``, with ``ping`` and ``error`` events."""
-
-    def __init__(self) -> None:
-        self.model: str | None = None
-        self.usage = Usage()
-        self.finished = False
-        self.failed: str | None = None
 
     def see(self, event: Event) -> bool:
         if not event.data:
@@ -108,7 +104,7 @@ class _MessagesWatcher:
         elif kind == "message_stop":
             self.finished = True
         elif kind == "error":
-            self.failed = _message(data.get("error"))
+            self.failed = error_message(data.get("error"))
         return kind == "content_block_delta"
 
 

@@ -21,7 +21,15 @@ from multidict import CIMultiDictProxy
 from ._kind import Kind, ProviderContext
 from ._metrics import Usage
 from ._options import OptionReader
-from ._proxy import ProxyOptions, count, json_payload, parse_proxy_options, proxy_app
+from ._proxy import (
+    ProxyOptions,
+    Watcher,
+    count,
+    error_message,
+    json_payload,
+    parse_proxy_options,
+    proxy_app,
+)
 from ._sse import Event, encode
 
 __all__ = ["KIND", "OpenAIOptions", "create_app", "parse_options"]
@@ -85,14 +93,8 @@ def _usage(raw: object) -> Usage | None:
     return Usage(input=max(prompt - cached, 0), output=output, cache_read=cached)
 
 
-class _ChatWatcher:
+class _ChatWatcher(Watcher):
     """Chat completion chunks, ending with ``data: [DONE]``."""
-
-    def __init__(self) -> None:
-        self.model: str | None = None
-        self.usage = Usage()
-        self.finished = False
-        self.failed: str | None = None
 
     def see(self, event: Event) -> bool:
         if not event.data:
@@ -102,7 +104,7 @@ class _ChatWatcher:
             return False
         chunk = json_payload(event.data.encode())
         if "error" in chunk:
-            self.failed = _message(chunk["error"])
+            self.failed = error_message(chunk["error"])
             return False
         if isinstance(chunk.get("model"), str):
             self.model = chunk["model"]
@@ -121,16 +123,10 @@ class _ChatWatcher:
         return False
 
 
-class _ResponsesWatcher:
+class _ResponsesWatcher(Watcher):
     """Responses API events, ending with ``response.completed`` (or its kin)."""
 
     _FINAL: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
-
-    def __init__(self) -> None:
-        self.model: str | None = None
-        self.usage = Usage()
-        self.finished = False
-        self.failed: str | None = None
 
     def see(self, event: Event) -> bool:
         if not event.data:
@@ -138,7 +134,7 @@ class _ResponsesWatcher:
         data = json_payload(event.data.encode())
         kind = data.get("type", event.event)
         if kind == "error":
-            self.failed = _message(data.get("error", data))
+            self.failed = error_message(data.get("error", data))
             return False
         response = data.get("response")
         if isinstance(response, dict):
@@ -150,12 +146,6 @@ class _ResponsesWatcher:
         if kind in self._FINAL:
             self.finished = True
         return isinstance(kind, str) and kind.endswith(".delta")
-
-
-def _message(error: object) -> str:
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return str(error)
 
 
 class OpenAIDialect:
