@@ -91,8 +91,11 @@ class Provider:
             await runner.setup()
         except BaseException as exc:
             self.state = FAILED
-            started.set_exception(exc)
-            started.exception()  # retrieved here; waiters get MeshError
+            if isinstance(exc, asyncio.CancelledError):
+                started.cancel()
+            else:
+                started.set_exception(exc)
+                started.exception()  # retrieved here; waiters get MeshError
             with contextlib.suppress(Exception):
                 await runner.cleanup()
             raise
@@ -109,13 +112,14 @@ class Provider:
         Raises:
             MeshError: it failed to start, or it was stopped.
         """
-        if self.state == STARTING and self._started is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self._started)
+        started = self._started
+        if self.state == STARTING and started is not None:
+            # wait() never raises the startup's error nor swallows our own cancellation
+            await asyncio.wait([started])
         if self.state == RUNNING:
             return
-        if self.state == FAILED and self._started is not None:
-            exc = self._started.exception()
+        if self.state == FAILED and started is not None:
+            exc = None if started.cancelled() else started.exception()
             raise MeshError(f"provider {self.name!r} failed to start: {exc!r}") from exc
         raise MeshError(f"provider {self.name!r} is {self.state}")
 
@@ -135,8 +139,7 @@ class Provider:
         """Stop taking requests, let in-flight ones finish for the grace period,
         cancel what is left, then run the app's shutdown and cleanup."""
         if self._started is not None and not self._started.done():
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self._started)
+            await asyncio.wait([self._started])
         runner, self._runner = self._runner, None
         self.state = STOPPED
         if runner is not None:

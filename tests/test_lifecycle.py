@@ -150,3 +150,29 @@ async def test_close_cancels_what_outlives_the_grace_period() -> None:
         with pytest.raises(Exception, match=r"payload|closed|Connection"):
             await r.read()
     assert ends == ["cancelled"]
+
+
+async def test_a_caller_waiting_for_a_starting_provider_can_be_cancelled() -> None:
+    gate = asyncio.Event()
+    slow = web.Application()
+
+    async def slow_startup(app: web.Application) -> None:
+        await gate.wait()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="up")
+
+    slow.on_startup.append(slow_startup)
+    slow.router.add_get("/", hello)
+    async with Mesh() as mesh:
+        mesh.register("slow", slow)
+        async with mesh.session() as s:
+            waiting = asyncio.create_task(s.get("http://slow/"))
+            await asyncio.sleep(0.01)
+            assert not waiting.done()  # parked until the startup ends
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(waiting, timeout=5)  # bounded: a lost cancel fails
+            gate.set()
+            async with s.get("http://slow/") as r:  # the startup went on regardless
+                assert await r.text() == "up"
