@@ -189,7 +189,11 @@ class Mesh:
         stopped again and the error is raised."""
         if self._state != _NEW:
             raise RuntimeError(f"the mesh is {self._state}; a mesh starts once")
-        await self._start_all(list(self._router.table.values()))
+        try:
+            await self._start_all(list(self._router.table.values()))
+        except BaseException:
+            self._state = _CLOSED  # its apps have run their cleanup: they cannot start again
+            raise
         self._state = _RUNNING
         self._router.accepting = True
 

@@ -85,6 +85,8 @@ async def test_failed_start_stops_what_started_and_raises() -> None:
     with pytest.raises(RuntimeError, match="no model weights"):
         await mesh.start()
     assert good == ONCE
+    with pytest.raises(RuntimeError, match="the mesh is closed; a mesh starts once"):
+        await mesh.start()
 
 
 async def test_a_provider_that_fails_to_start_on_a_running_mesh() -> None:
