@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 from meshbridge._pipe import HIGH_WATER, LOW_WATER, Pipe, PipeStats
 
@@ -221,3 +222,36 @@ async def test_extra_info_and_limits() -> None:
     pipe.client.set_write_buffer_limits(high=1000)
     assert pipe.client.get_write_buffer_limits() == (250, 1000)
     assert not pipe.client.can_write_eof()
+
+
+async def test_random_interleavings_keep_order_and_bounds() -> None:
+    # Rules 1 and 3 under many schedules: a writer that honours pause_writing,
+    # a reader that pauses and resumes at random, loop turns in between.
+    for seed in range(40):
+        rng = random.Random(seed)
+        stats = PipeStats()
+        pipe, client, server = connected(stats)
+        sent = bytearray()
+        biggest = 0
+        for step in range(300):
+            action = rng.random()
+            if action < 0.55 and not client.paused:
+                chunk = bytes([step % 256]) * rng.randint(1, 40_000)
+                biggest = max(biggest, len(chunk))
+                pipe.client.write(chunk)
+                sent += chunk
+            elif action < 0.7:
+                pipe.server.pause_reading()
+            elif action < 0.85:
+                pipe.server.resume_reading()
+            else:
+                await asyncio.sleep(0)
+            assert stats.buffered == pipe.buffered <= HIGH_WATER + biggest
+        pipe.server.resume_reading()
+        for _ in range(1000):
+            if not pipe.buffered:
+                break
+            await asyncio.sleep(0)
+        assert b"".join(server.received) == bytes(sent), seed
+        assert (client.paused, pipe.buffered) == (False, 0), seed
+        assert server.max_depth == 1, seed  # never re-entered
