@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import random
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -122,3 +124,62 @@ async def test_closing_one_response_leaves_the_others_alone(make_mesh: MeshFacto
             lines = [line async for line in keep.content]
         assert lines == [f"{i}\n".encode() for i in range(50)]
     assert finished == [1]
+
+
+async def test_mixed_endings_under_load_leave_nothing_in_flight(make_mesh: MeshFactory) -> None:
+    async def ticks(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(int(request.query["n"])):
+            await response.write(b"tick\n")
+            await asyncio.sleep(0.001)
+        return response
+
+    mesh = await make_mesh({"llm": app_with(web.get("/", ticks))})
+    before = other_tasks()
+    rng = random.Random(7)
+
+    async def one(s: aiohttp.ClientSession, i: int) -> str:
+        ending = rng.choice(["complete", "close", "timeout", "cancel"])
+        url = f"http://llm/?n={rng.randint(1, 30)}"
+        if ending == "complete":
+            async with s.get(url) as r:
+                await r.read()
+        elif ending == "close":
+            async with s.get(url) as r:
+                await r.content.readline()
+        elif ending == "timeout":
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with s.get(url, timeout=aiohttp.ClientTimeout(total=0.005)) as r:
+                    await r.read()
+        else:
+            task = asyncio.create_task(s.get(url))
+            await asyncio.sleep(rng.random() / 100)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                (await task).close()
+        return ending
+
+    async with mesh.session(source="agents") as s:
+        endings = await asyncio.gather(*(one(s, i) for i in range(200)))
+    assert set(endings) == {"complete", "close", "timeout", "cancel"}
+    assert await settle(lambda: other_tasks() <= before), other_tasks() - before
+
+    def sample(name: str, **labels: str) -> float:
+        value = mesh.registry.get_sample_value(
+            name, {"provider": "llm", "source": "agents", **labels}
+        )
+        return value or 0.0
+
+    assert sample("meshbridge_requests_in_flight") == 0
+    finished = sum(
+        sample("meshbridge_requests_total", method="GET", code=code, outcome=outcome)
+        for code in ("0", "200")
+        for outcome in ("completed", "cancelled", "error")
+    )
+    started = sample("meshbridge_time_to_first_byte_seconds_count")
+    assert finished == sample("meshbridge_request_duration_seconds_count", method="GET")
+    assert started <= finished <= 200
+    assert sample("meshbridge_requests_total", method="GET", code="200", outcome="completed") >= (
+        endings.count("complete")
+    )
