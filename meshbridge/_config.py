@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from ._routing import check_name
 from ._source import Source, check_api_key_id
 
 if TYPE_CHECKING:
-    from providers import OptionError, OptionReader, Plan
+    from providers import OptionError, OptionReader, Plan, TokenMetrics
 
     from ._mesh import Mesh
 
@@ -112,17 +111,22 @@ class Config:
     server: ServerConfig
     providers: Mapping[str, ProviderConfig]
 
-    def build(self, name: str, registry: CollectorRegistry) -> web.Application:
-        """A new app for provider ``name``, its token metrics on ``registry``."""
+    def build(self, name: str, metrics: TokenMetrics) -> web.Application:
+        """A new app for provider ``name``, counting its tokens in ``metrics``."""
         from providers import ProviderContext
 
-        return self.providers[name].plan.build(ProviderContext(name, registry))
+        return self.providers[name].plan.build(ProviderContext(name, metrics))
 
-    def register(self, mesh: Mesh) -> None:
-        """Register every provider of this config on ``mesh``."""
+    def register(self, mesh: Mesh) -> TokenMetrics:
+        """Register every provider of this config on ``mesh``; return the token
+        metrics made for it (on ``mesh.registry``), which they share."""
+        from providers import TokenMetrics
+
+        metrics = TokenMetrics(mesh.registry)
         for name, provider in self.providers.items():
-            app = self.build(name, mesh.registry)
+            app = self.build(name, metrics)
             mesh.register(name, app, require_api_key_id=provider.require_api_key_id)
+        return metrics
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:

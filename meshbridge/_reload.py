@@ -13,41 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 
 from ._config import Config, ConfigError, ProviderConfig, load_config
 
 if TYPE_CHECKING:
     from ._mesh import Mesh
 
-__all__ = ["Reloader", "reload_counter"]
+__all__ = ["Reloader"]
 
 log = logging.getLogger("meshbridge")
-
-_counters: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
-_counters_lock = threading.Lock()
-
-
-def reload_counter(registry: CollectorRegistry) -> Counter:
-    """``meshbridge_config_reloads_total{result}`` of ``registry`` (made once)."""
-    with _counters_lock:
-        counter = _counters.get(registry)
-        if counter is None:
-            counter = _counters[registry] = Counter(
-                "meshbridge_config_reloads",
-                "Config reloads, by result (success, failure).",
-                ["result"],
-                registry=registry,
-            )
-            for result in ("success", "failure"):
-                counter.labels(result)  # both series exist from the start, at 0
-        return counter
 
 
 def _same(a: ProviderConfig, b: ProviderConfig) -> bool:
@@ -70,17 +49,28 @@ class Reloader:
     def __init__(
         self, mesh: Mesh, config: Config, *, environ: Mapping[str, str] | None = None
     ) -> None:
+        from providers import TokenMetrics
+
         self.mesh = mesh
         self.config = config
         self._environ = environ
         self._apps: dict[str, web.Application] = {}
         self._lock = asyncio.Lock()
-        self._counter = reload_counter(mesh.registry)
+        # One reloader per mesh owns the mesh's token metrics and reload counter.
+        self._metrics = TokenMetrics(mesh.registry)
+        self._counter = Counter(
+            "meshbridge_config_reloads",
+            "Config reloads, by result (success, failure).",
+            ["result"],
+            registry=mesh.registry,
+        )
+        for result in ("success", "failure"):
+            self._counter.labels(result)  # both series exist from the start, at 0
 
     def install(self) -> None:
         """Register the providers of :attr:`config` on the (not yet started) mesh."""
         for name, provider in self.config.providers.items():
-            app = self._apps[name] = self.config.build(name, self.mesh.registry)
+            app = self._apps[name] = self.config.build(name, self._metrics)
             self.mesh.register(name, app, require_api_key_id=provider.require_api_key_id)
 
     async def reload(self) -> bool:
@@ -104,7 +94,7 @@ class Reloader:
                 if old is not None and name in self._apps and _same(old, provider):
                     apps[name] = self._apps[name]
                 else:
-                    apps[name] = config.build(name, self.mesh.registry)
+                    apps[name] = config.build(name, self._metrics)
             require = {n for n, p in config.providers.items() if p.require_api_key_id}
             try:
                 await self.mesh.reconfigure(apps, require_api_key_id=require)

@@ -8,13 +8,15 @@
 Every kind module offers the same two functions::
 
     options = fake.parse_options(OptionReader({"tokens_per_second": 50}, "providers.local"))
-    app = fake.create_app(options, ProviderContext("local", mesh.registry))
+    app = fake.create_app(options, ProviderContext("local", TokenMetrics(mesh.registry)))
     mesh.register("local", app)
 
 ``parse_options`` records every problem on the reader, with its key path;
 ``reader.finish()`` raises :class:`OptionsError` listing them all. Token
 metrics (``meshbridge_tokens_total``, ``meshbridge_time_to_first_token_seconds``)
-go to the registry in the :class:`ProviderContext`, once per registry.
+go to the :class:`TokenMetrics` in the :class:`ProviderContext`: make one per
+mesh and share it between its providers (a second one on the same registry is
+refused, as prometheus_client refuses duplicated series).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
+from ._metrics import TokenMetrics
 from ._options import OptionReader
 
 __all__ = ["Kind", "Plan", "ProviderContext"]
@@ -32,11 +32,12 @@ class ProviderContext:
     """What a provider app learns about where it runs.
 
     ``name`` is the provider's name in the mesh (its ``provider`` metric
-    label); ``registry`` is the mesh's registry, where token metrics go.
+    label); ``metrics`` are the token metrics of the mesh's registry, made once
+    per mesh by whoever builds its providers and shared by all of them.
     """
 
     name: str
-    registry: CollectorRegistry
+    metrics: TokenMetrics
 
 
 class Described(Protocol):

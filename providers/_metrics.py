@@ -3,9 +3,10 @@
 ``meshbridge_tokens_total{provider, source, model, type}`` and
 ``meshbridge_time_to_first_token_seconds{provider, source, model}``.
 
-One :class:`TokenMetrics` exists per registry (:meth:`TokenMetrics.on`), so
-provider apps built again on a config reload share the families instead of
-registering them twice ("Duplicated timeseries"). Model names come from
+Whoever builds a mesh's providers makes one :class:`TokenMetrics` for it and
+hands it to each of them (through their ``ProviderContext``), so provider apps
+built again on a config reload share the families instead of registering them
+twice ("Duplicated timeseries"). Model names come from
 callers and upstreams, so they are bounded: a provider with an allow-list
 keeps those names and folds the rest to ``other``; without one, the first
 ``max_models`` names seen keep their label and later ones become ``other``.
@@ -14,7 +15,6 @@ keeps those names and folds the rest to ``other``; without one, the first
 from __future__ import annotations
 
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Final
 
@@ -81,12 +81,7 @@ class ModelLabels:
 
 
 class TokenMetrics:
-    """The token families on one registry; get it with :meth:`on`."""
-
-    _by_registry: weakref.WeakKeyDictionary[CollectorRegistry, TokenMetrics] = (
-        weakref.WeakKeyDictionary()
-    )
-    _lock = threading.Lock()
+    """The token families on one registry: make one per mesh and share it."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.tokens = Counter(
@@ -103,15 +98,6 @@ class TokenMetrics:
             registry=registry,
         )
         self._labels: dict[str, ModelLabels] = {}
-
-    @classmethod
-    def on(cls, registry: CollectorRegistry) -> TokenMetrics:
-        """The token metrics of ``registry``, registered on first use."""
-        with cls._lock:
-            metrics = cls._by_registry.get(registry)
-            if metrics is None:
-                metrics = cls._by_registry[registry] = cls(registry)
-            return metrics
 
     def models(self, provider: str, allow: tuple[str, ...], max_models: int) -> ModelLabels:
         """The model labels of ``provider``, kept across rebuilds of its app."""

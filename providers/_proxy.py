@@ -38,7 +38,7 @@ from meshbridge import source_of
 
 from ._caller import caller_may_leave
 from ._kind import ProviderContext
-from ._metrics import TokenMetrics, Usage
+from ._metrics import Usage
 from ._options import OptionReader
 from ._sse import Event, SSEError, SSEParser
 
@@ -195,7 +195,7 @@ class Proxy:
         self.options = options
         self.dialect = dialect
         self.provider = context.name
-        self.metrics = TokenMetrics.on(context.registry)
+        self.metrics = context.metrics
         self.labels = self.metrics.models(context.name, options.models, options.max_models)
         self._session: aiohttp.ClientSession | None = None
 

@@ -27,7 +27,7 @@ from meshbridge import source_of
 
 from ._caller import caller_may_leave
 from ._kind import Kind, ProviderContext
-from ._metrics import TokenMetrics, Usage
+from ._metrics import Usage
 from ._options import OptionReader
 from ._sse import encode
 from ._text import content_text, prompt_tokens, reply_tokens
@@ -81,7 +81,7 @@ class _Fake:
     def __init__(self, options: FakeOptions, context: ProviderContext) -> None:
         self.options = options
         self.provider = context.name
-        self.metrics = TokenMetrics.on(context.registry)
+        self.metrics = context.metrics
         self.labels = self.metrics.models(context.name, options.models, len(options.models))
         self._generations = itertools.count(1)
         self._ids = itertools.count(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from httpx_aiohttp.httpx2 import AiohttpTransport
 from prometheus_client import CollectorRegistry
 
 from meshbridge import Mesh
+from providers import ProviderContext, TokenMetrics
 
 CANCELLED: web.AppKey[list[str]] = web.AppKey("cancelled", list)
 
@@ -154,3 +156,14 @@ async def anthropic_sdk() -> AsyncIterator[AnthropicFactory]:
     yield make
     for client in clients:
         await client.close()
+
+
+_token_metrics: weakref.WeakKeyDictionary[Mesh, TokenMetrics] = weakref.WeakKeyDictionary()
+
+
+def context(mesh: Mesh, name: str) -> ProviderContext:
+    """A ProviderContext for ``name``; the providers of one mesh share its TokenMetrics."""
+    metrics = _token_metrics.get(mesh)
+    if metrics is None:
+        metrics = _token_metrics[mesh] = TokenMetrics(mesh.registry)
+    return ProviderContext(name, metrics)

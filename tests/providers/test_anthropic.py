@@ -13,11 +13,21 @@ from aiohttp.test_utils import TestServer
 from anthropic.types import MessageParam
 
 from meshbridge import Mesh
-from providers import OptionReader, ProviderContext
+from providers import OptionReader
 from providers import anthropic as anthropic_kind
 
 from . import upstreams as up
-from .conftest import CANCELLED, AnthropicFactory, Upstream, consume, drain, sample, settle, watched
+from .conftest import (
+    CANCELLED,
+    AnthropicFactory,
+    Upstream,
+    consume,
+    context,
+    drain,
+    sample,
+    settle,
+    watched,
+)
 
 PROMPT: list[MessageParam] = [{"role": "user", "content": "Hi"}]
 MESSAGE = {"model": "claude-test", "max_tokens": 64, "messages": PROMPT}  # for raw requests
@@ -33,7 +43,7 @@ async def start(
     reader = OptionReader(raw, f"providers.{name}", environ={"UPSTREAM_KEY": "sk-ant-configured"})
     parsed = anthropic_kind.parse_options(reader)
     reader.finish()
-    app = watched(anthropic_kind.create_app(parsed, ProviderContext(name, mesh.registry)))
+    app = watched(anthropic_kind.create_app(parsed, context(mesh, name)))
     mesh.register(name, app)
     await mesh.start()
     return app

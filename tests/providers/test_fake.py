@@ -14,7 +14,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from meshbridge import Mesh
 from providers import OptionReader, OptionsError, ProviderContext, TokenMetrics, fake
 
-from .conftest import CANCELLED, AnthropicFactory, OpenAIFactory, sample, settle, watched
+from .conftest import CANCELLED, AnthropicFactory, OpenAIFactory, context, sample, settle, watched
 
 INSTANT = fake.FakeOptions(tokens_per_second=0, time_to_first_token=0, reply_tokens=12)
 # 5 tokens: Hello there , mesh !
@@ -25,7 +25,7 @@ MESSAGES: list[MessageParam] = [{"role": "user", "content": "Hello there, mesh!"
 async def start(
     mesh: Mesh, options: fake.FakeOptions = INSTANT, name: str = "local"
 ) -> web.Application:
-    app = watched(fake.create_app(options, ProviderContext(name, mesh.registry)))
+    app = watched(fake.create_app(options, context(mesh, name)))
     mesh.register(name, app)
     await mesh.start()
     return app
@@ -249,12 +249,13 @@ async def test_model_labels_are_bounded(mesh: Mesh) -> None:
     assert sample(mesh.registry, "meshbridge_tokens_total", **labels, model="other") == 24
 
 
-async def test_token_metrics_are_made_once_per_registry(mesh: Mesh) -> None:
+async def test_providers_of_a_mesh_share_its_token_metrics(mesh: Mesh) -> None:
+    shared = TokenMetrics(mesh.registry)
     for name in ("one", "two"):
-        context = ProviderContext(name, mesh.registry)
-        mesh.register(name, fake.create_app(INSTANT, context))
+        mesh.register(name, fake.create_app(INSTANT, ProviderContext(name, shared)))
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        TokenMetrics(mesh.registry)  # a second set on one registry is refused
     await mesh.start()
-    assert TokenMetrics.on(mesh.registry) is TokenMetrics.on(mesh.registry)
     async with mesh.session(source="api") as session:
         for name in ("one", "two"):
             body = {"model": "fake-small", "messages": PROMPT}

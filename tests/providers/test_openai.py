@@ -13,11 +13,21 @@ from aiohttp.test_utils import TestServer
 from openai.types.chat import ChatCompletionMessageParam
 
 from meshbridge import Mesh
-from providers import OptionReader, OptionsError, ProviderContext
+from providers import OptionReader, OptionsError
 from providers import openai as openai_kind
 
 from . import upstreams as up
-from .conftest import CANCELLED, OpenAIFactory, Upstream, consume, drain, sample, settle, watched
+from .conftest import (
+    CANCELLED,
+    OpenAIFactory,
+    Upstream,
+    consume,
+    context,
+    drain,
+    sample,
+    settle,
+    watched,
+)
 
 PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 CHAT = {"model": "gpt-test", "messages": PROMPT}  # for raw requests
@@ -32,7 +42,7 @@ async def start(
     reader = OptionReader(raw, f"providers.{name}", environ={"UPSTREAM_KEY": "sk-configured"})
     parsed = openai_kind.parse_options(reader)
     reader.finish()
-    app = watched(openai_kind.create_app(parsed, ProviderContext(name, mesh.registry)))
+    app = watched(openai_kind.create_app(parsed, context(mesh, name)))
     mesh.register(name, app)
     await mesh.start()
     return app
@@ -330,7 +340,7 @@ async def test_two_instances_of_the_kind_reach_their_own_upstreams(
         url = str(server.make_url("/"))
         reader = OptionReader({"upstream": url}, f"providers.{name}")
         options = openai_kind.parse_options(reader)
-        mesh.register(name, openai_kind.create_app(options, ProviderContext(name, mesh.registry)))
+        mesh.register(name, openai_kind.create_app(options, context(mesh, name)))
     await mesh.start()
     async with mesh.session() as session:
         for name in ("one", "two", "two"):
