@@ -36,7 +36,6 @@ from yarl import URL
 
 from meshbridge import source_of
 
-from ._caller import caller_may_leave
 from ._kind import ProviderContext
 from ._metrics import Usage
 from ._options import OptionReader
@@ -267,8 +266,7 @@ class Proxy:
             return self.error(502, f"upstream {host} unreachable: {exc.__class__.__name__}: {exc}")
         try:
             if upstream.status == 200 and upstream.content_type == "text/event-stream":
-                with caller_may_leave():
-                    response = await self._relay_stream(request, upstream, model, started)
+                response = await self._relay_stream(request, upstream, model, started)
             else:
                 response = await self._relay_body(request, upstream, model, deadline)
         except BaseException:

@@ -25,7 +25,6 @@ from aiohttp import web
 
 from meshbridge import source_of
 
-from ._caller import caller_may_leave
 from ._kind import Kind, ProviderContext
 from ._metrics import Usage
 from ._options import OptionReader
@@ -194,51 +193,50 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         }
 
     ttft: float | None = None
-    with caller_may_leave():
-        try:
-            if body.get("stream") is not True:
-                for i in range(len(tokens)):
-                    await fake.pace(i)
-                usage.output = len(tokens)
-                message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
-                choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-                answer = {**base, "object": "chat.completion", "choices": [choice]}
-                return web.json_response({**answer, "usage": usage_json()})
-
-            options = body.get("stream_options")
-            with_usage = isinstance(options, dict) and options.get("include_usage") is True
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            response.headers["Cache-Control"] = "no-cache"
-            await response.prepare(request)
-
-            async def chunk(delta: JSON, finish_reason: str | None = None) -> None:
-                choice = {
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
-                data = {**base, "object": "chat.completion.chunk", "choices": [choice]}
-                if with_usage:
-                    data["usage"] = None
-                await response.write(encode(data))
-
-            await chunk({"role": "assistant", "content": "", "refusal": None})
-            for i, token in enumerate(tokens):
+    try:
+        if body.get("stream") is not True:
+            for i in range(len(tokens)):
                 await fake.pace(i)
-                await chunk({"content": token})
-                usage.output += 1
-                if i == 0:
-                    ttft = time.perf_counter() - started
-            await chunk({}, finish)
+            usage.output = len(tokens)
+            message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            answer = {**base, "object": "chat.completion", "choices": [choice]}
+            return web.json_response({**answer, "usage": usage_json()})
+
+        options = body.get("stream_options")
+        with_usage = isinstance(options, dict) and options.get("include_usage") is True
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response.headers["Cache-Control"] = "no-cache"
+        await response.prepare(request)
+
+        async def chunk(delta: JSON, finish_reason: str | None = None) -> None:
+            choice = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+            data = {**base, "object": "chat.completion.chunk", "choices": [choice]}
             if with_usage:
-                final = {**base, "object": "chat.completion.chunk", "choices": []}
-                await response.write(encode({**final, "usage": usage_json()}))
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-            return response
-        finally:
-            fake.record(request, model, usage, ttft)
+                data["usage"] = None
+            await response.write(encode(data))
+
+        await chunk({"role": "assistant", "content": "", "refusal": None})
+        for i, token in enumerate(tokens):
+            await fake.pace(i)
+            await chunk({"content": token})
+            usage.output += 1
+            if i == 0:
+                ttft = time.perf_counter() - started
+        await chunk({}, finish)
+        if with_usage:
+            final = {**base, "object": "chat.completion.chunk", "choices": []}
+            await response.write(encode({**final, "usage": usage_json()}))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+    finally:
+        fake.record(request, model, usage, ttft)
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -259,52 +257,51 @@ async def messages(request: web.Request) -> web.StreamResponse:
     message: JSON = {"id": fake.next_id("msg_"), "type": "message", "role": "assistant"}
     message["model"] = model
     ttft: float | None = None
-    with caller_may_leave():
-        try:
-            if body.get("stream") is not True:
-                for i in range(len(tokens)):
-                    await fake.pace(i)
-                usage.output = len(tokens)
-                message["content"] = [{"type": "text", "text": "".join(tokens)}]
-                message.update(stop_reason=stop_reason, stop_sequence=None)
-                message["usage"] = {
-                    "input_tokens": usage.input,
-                    "output_tokens": usage.output,
-                    **cache,
-                }
-                return web.json_response(message)
-
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            response.headers["Cache-Control"] = "no-cache"
-            await response.prepare(request)
-
-            async def send(event: str, data: JSON) -> None:
-                await response.write(encode({"type": event, **data}, event))
-
-            message.update(content=[], stop_reason=None, stop_sequence=None)
-            message["usage"] = {"input_tokens": usage.input, "output_tokens": 1, **cache}
-            await send("message_start", {"message": message})
-            await send(
-                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
-            )
-            await send("ping", {})
-            for i, token in enumerate(tokens):
+    try:
+        if body.get("stream") is not True:
+            for i in range(len(tokens)):
                 await fake.pace(i)
-                await send(
-                    "content_block_delta",
-                    {"index": 0, "delta": {"type": "text_delta", "text": token}},
-                )
-                usage.output += 1
-                if i == 0:
-                    ttft = time.perf_counter() - started
-            await send("content_block_stop", {"index": 0})
-            delta = {"stop_reason": stop_reason, "stop_sequence": None}
-            await send("message_delta", {"delta": delta, "usage": {"output_tokens": usage.output}})
-            await send("message_stop", {})
-            await response.write_eof()
-            return response
-        finally:
-            fake.record(request, model, usage, ttft)
+            usage.output = len(tokens)
+            message["content"] = [{"type": "text", "text": "".join(tokens)}]
+            message.update(stop_reason=stop_reason, stop_sequence=None)
+            message["usage"] = {
+                "input_tokens": usage.input,
+                "output_tokens": usage.output,
+                **cache,
+            }
+            return web.json_response(message)
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        response.headers["Cache-Control"] = "no-cache"
+        await response.prepare(request)
+
+        async def send(event: str, data: JSON) -> None:
+            await response.write(encode({"type": event, **data}, event))
+
+        message.update(content=[], stop_reason=None, stop_sequence=None)
+        message["usage"] = {"input_tokens": usage.input, "output_tokens": 1, **cache}
+        await send("message_start", {"message": message})
+        await send(
+            "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+        )
+        await send("ping", {})
+        for i, token in enumerate(tokens):
+            await fake.pace(i)
+            await send(
+                "content_block_delta",
+                {"index": 0, "delta": {"type": "text_delta", "text": token}},
+            )
+            usage.output += 1
+            if i == 0:
+                ttft = time.perf_counter() - started
+        await send("content_block_stop", {"index": 0})
+        delta = {"stop_reason": stop_reason, "stop_sequence": None}
+        await send("message_delta", {"delta": delta, "usage": {"output_tokens": usage.output}})
+        await send("message_stop", {})
+        await response.write_eof()
+        return response
+    finally:
+        fake.record(request, model, usage, ttft)
 
 
 async def count_message_tokens(request: web.Request) -> web.Response:
