@@ -5,16 +5,20 @@ the same process, chosen by provider name, with no socket, port or TLS, and
 the same HTTP a caller would see over the network. Each request carries its
 caller's :class:`Source` and delegated API key id beside it, where no header
 can forge them, and is measured in Prometheus metrics.
+
+This package is the core: it imports nothing from the provider kinds
+(``meshbridge.providers``) or the service (``meshbridge.service``), which
+build on it.
 """
 
 from __future__ import annotations
 
-from ._config import ConfigError
 from ._connector import MeshConnector
-from ._exceptions import MeshError, MeshNotRunning, MissingAPIKeyID, ProviderNotFound
-from ._exchange import api_key_id_of, source_of
+from ._exceptions import ConfigError, MeshError, MeshNotRunning, MissingAPIKeyID, ProviderNotFound
+from ._exchange import api_key_id_of, record_tokens, source_of
 from ._mesh import Mesh
-from ._source import Source, use_api_key_id, use_source
+from ._routing import check_name as check_provider_name
+from ._source import Source, check_api_key_id, use_api_key_id, use_source
 
 __all__ = [
     "ConfigError",
@@ -26,6 +30,9 @@ __all__ = [
     "ProviderNotFound",
     "Source",
     "api_key_id_of",
+    "check_api_key_id",
+    "check_provider_name",
+    "record_tokens",
     "source_of",
     "use_api_key_id",
     "use_source",

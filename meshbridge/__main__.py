@@ -1,5 +1,10 @@
-"""``python -m meshbridge``: the ``meshbridge`` command."""
+"""``python -m meshbridge``: runs the installed ``meshbridge`` command.
 
-from ._cli import main
+The command belongs to the service layer; the core finds it through its
+console-script entry point rather than importing the service.
+"""
 
-raise SystemExit(main())
+from importlib.metadata import entry_points
+
+(command,) = entry_points(group="console_scripts", name="meshbridge")
+raise SystemExit(command.load()())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientRequest, ClientTimeout
 from aiohttp.connector import Connection
@@ -22,11 +22,14 @@ from ._aiohttp import ConnectorBase
 from ._exceptions import MeshError, MissingAPIKeyID
 from ._exchange import Exchange
 from ._link import Link
-from ._metrics import MeshMetrics, method_label
+from ._metrics import method_label
 from ._pipe import PipeEnd
 from ._provider import RUNNING, Provider
-from ._routing import Router, check_name
+from ._routing import check_name
 from ._source import Source, check_api_key_id, current_api_key_id, current_source
+
+if TYPE_CHECKING:  # for annotations only: the mesh module imports this one
+    from ._mesh import Mesh
 
 __all__ = ["MeshConnector"]
 
@@ -38,22 +41,34 @@ _chosen: ContextVar[Provider | None] = ContextVar("meshbridge_chosen_provider", 
 class MeshConnector(ConnectorBase):
     """An aiohttp connector whose connections lead to providers in a mesh.
 
-    Made by :meth:`Mesh.connector`; use it like any connector
-    (``aiohttp.ClientSession(connector=...)``).
+    Use it like any connector (``aiohttp.ClientSession(connector=...)``);
+    :meth:`Mesh.connector` makes one too.
+
+    Args:
+        mesh: the mesh whose providers its connections lead to.
+        provider: send every request to this provider, whatever the URL host;
+            by default the URL host names the provider.
+        source: the Source of its requests (``use_source()`` overrides it).
+        api_key_id: the delegated API key id of its requests
+            (``use_api_key_id()`` overrides it).
+        **kwargs: passed to ``aiohttp.BaseConnector`` (``limit``,
+            ``keepalive_timeout``, ``force_close``...).
+
+    Raises:
+        ValueError: an invalid provider name, source or API key id.
     """
 
     def __init__(
         self,
-        router: Router[Provider],
-        metrics: MeshMetrics | None,
+        mesh: Mesh,
         *,
         provider: str | None = None,
         source: str | None = None,
         api_key_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self._router = router
-        self._metrics = metrics
+        self._router = mesh._router
+        self._metrics = mesh._metrics
         self._pinned = check_name(provider) if provider is not None else None
         self._source = Source(source) if source is not None else None
         self._api_key_id = check_api_key_id(api_key_id) if api_key_id is not None else None
@@ -92,8 +107,9 @@ class MeshConnector(ConnectorBase):
                 conn.close()  # a link to a provider that was replaced: never reuse it
         finally:
             _chosen.reset(token)
-        series = self._metrics.series(name, source) if self._metrics is not None else None
-        link.begin(Exchange(name, source, api_key_id, method_label(req.method), series))
+        metrics = self._metrics
+        series = metrics.series(name, source) if metrics is not None else None
+        link.begin(Exchange(name, source, api_key_id, method_label(req.method), series, metrics))
         return conn
 
     def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:

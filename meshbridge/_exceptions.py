@@ -12,18 +12,22 @@ Every error is a :class:`MeshError`, and a ``MeshError`` is an
             └── MeshNotRunning        the mesh is not started, or is closing
 
 Bad arguments (an invalid provider name, source or option) raise ``ValueError``
-or ``TypeError`` at the call that received them, never later. A config file
-with errors raises ``ConfigError`` (a ``ValueError``, in ``_config.py``) listing
-every error with its key path.
+or ``TypeError`` at the call that received them, never later. Configuration
+has one error type of its own, raised before anything is built::
+
+    ValueError
+    └── ConfigError                   a config file or options table has errors,
+                                      every one listed with its key path
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import aiohttp
 
-__all__ = ["MeshError", "MeshNotRunning", "MissingAPIKeyID", "ProviderNotFound"]
+__all__ = ["ConfigError", "MeshError", "MeshNotRunning", "MissingAPIKeyID", "ProviderNotFound"]
 
 
 class MeshError(aiohttp.ClientConnectionError):
@@ -53,3 +57,30 @@ class MissingAPIKeyID(MeshError):
 
 class MeshNotRunning(MeshError):
     """The mesh has not been started, or is closing."""
+
+
+class ConfigError(ValueError):
+    """A config (a file, or a provider's options table) has errors.
+
+    Raised by the service's config loader and by a provider kind's options
+    reader; nothing is built from a config with errors.
+
+    Args:
+        errors: every problem found, as ``(key path, message)`` pairs; the key
+            path is ``""`` for the file as a whole.
+        path: the file the errors are in, if they come from one.
+    """
+
+    def __init__(
+        self, errors: Iterable[tuple[str, str]], path: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.errors = tuple(errors)
+        self.path = str(path) if path is not None else None
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One line per error: ``FILE: KEY.PATH: what is wrong`` (``FILE: `` only
+        when the errors come from a file)."""
+        prefix = f"{self.path}: " if self.path is not None else ""
+        return [f"{prefix}{where}: {what}" if where else f"{prefix}{what}"
+                for where, what in self.errors]  # fmt: skip

@@ -15,10 +15,19 @@ from typing import Final, Protocol
 
 from aiohttp import web
 
-from ._metrics import Series
+from ._metrics import MeshMetrics, Series
 from ._source import Source
 
-__all__ = ["CANCELLED", "COMPLETED", "ERROR", "EXCHANGE", "Exchange", "api_key_id_of", "source_of"]
+__all__ = [
+    "CANCELLED",
+    "COMPLETED",
+    "ERROR",
+    "EXCHANGE",
+    "Exchange",
+    "api_key_id_of",
+    "record_tokens",
+    "source_of",
+]
 
 COMPLETED: Final = "completed"  # the body was fully delivered
 ERROR: Final = "error"  # the handler raised, or the body was cut short
@@ -33,6 +42,7 @@ class Exchange:
     """The record of one request: identity beside it, metrics about it."""
 
     __slots__ = (
+        "_metrics",
         "_request_body",
         "_series",
         "_started",
@@ -54,6 +64,7 @@ class Exchange:
         api_key_id: str | None,
         method: str,
         series: Series | None,
+        metrics: MeshMetrics | None = None,
     ) -> None:
         self.provider = provider
         self.source = source
@@ -66,6 +77,7 @@ class Exchange:
         self.outcome: str | None = None
         self._request_body: _Counted | None = None
         self._series = series
+        self._metrics = metrics
         self._started = perf_counter()
         if series is not None:
             series.in_flight += 1
@@ -104,6 +116,17 @@ class Exchange:
         else:
             self.finish(ERROR)
 
+    def tokens(
+        self, model: str | None, counts: tuple[int, int, int, int], ttft: float | None
+    ) -> None:
+        """The provider reports the LLM tokens of this request."""
+        if self._series is None or self._metrics is None:
+            return
+        label = self._metrics.model_label(self.provider, model)
+        self._series.used(label, counts)
+        if ttft is not None:
+            self._series.first_token_after(label, ttft)
+
     def finish(self, outcome: str) -> None:
         if self.finished:
             return
@@ -140,3 +163,29 @@ def api_key_id_of(request: web.BaseRequest) -> str | None:
     """The delegated API key id ``request`` carries, or None (see :func:`source_of`)."""
     exchange = request.get(EXCHANGE)
     return exchange.api_key_id if exchange is not None else None
+
+
+def record_tokens(
+    request: web.BaseRequest,
+    model: str | None,
+    *,
+    input: int = 0,
+    output: int = 0,
+    cache_read: int = 0,
+    cache_write: int = 0,
+    first_token: float | None = None,
+) -> None:
+    """Count the LLM tokens of ``request`` in its mesh's metrics.
+
+    A provider app calls this once per request it generated (or relayed) text
+    for: ``meshbridge_tokens_total{provider,source,model,type}`` grows by each
+    non-zero count, and ``first_token`` (seconds from the request to the first
+    token sent, for streams) is observed in
+    ``meshbridge_time_to_first_token_seconds``. The provider and Source labels
+    come from the mesh, never from the request; ``model`` is bounded (see
+    ``MAX_MODELS``), so a caller inventing model names cannot grow the series.
+    A request that did not come through a mesh records nothing.
+    """
+    exchange = request.get(EXCHANGE)
+    if exchange is not None:
+        exchange.tokens(model, (input, output, cache_read, cache_write), first_token)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from importlib.metadata import entry_points
 from types import TracebackType
 from typing import Any, Final
 
@@ -28,6 +30,11 @@ log = logging.getLogger("meshbridge")
 _NEW: Final = "new"
 _RUNNING: Final = "running"
 _CLOSED: Final = "closed"
+
+# Where the service layer offers its config loader (see Mesh.from_config).
+CONFIG_LOADERS: Final = "meshbridge.config"
+# The keyword arguments of mesh.session() that belong to its connector.
+_CONNECTOR_ARGS: Final = frozenset(inspect.signature(aiohttp.BaseConnector).parameters)
 
 
 class Mesh:
@@ -254,23 +261,10 @@ class Mesh:
         api_key_id: str | None = None,
         **kwargs: Any,
     ) -> MeshConnector:
-        """A connector for ``aiohttp.ClientSession(connector=...)``.
-
-        Args:
-            provider: send every request to this provider, whatever the URL
-                host; by default the URL host names the provider.
-            source: the Source of its requests (``use_source()`` overrides it).
-            api_key_id: the delegated API key id of its requests
-                (``use_api_key_id()`` overrides it).
-            **kwargs: passed to ``aiohttp.BaseConnector`` (``limit``,
-                ``keepalive_timeout``, ``force_close``...).
-
-        Raises:
-            ValueError: an invalid provider name, source or API key id.
-        """
+        """A connector for ``aiohttp.ClientSession(connector=...)``:
+        ``MeshConnector(self, ...)``, whose arguments it takes."""
         return MeshConnector(
-            self._router,
-            self._metrics,
+            self,
             provider=provider,
             source=source,
             api_key_id=api_key_id,
@@ -287,11 +281,17 @@ class Mesh:
     ) -> aiohttp.ClientSession:
         """A real ``aiohttp.ClientSession`` on a new :meth:`connector`.
 
-        ``kwargs`` go to ``ClientSession`` (``base_url``, ``timeout``,
-        ``headers``...). Closing the session closes its connector.
+        ``kwargs`` go to the connector when ``aiohttp.BaseConnector`` takes
+        them (``limit``, ``keepalive_timeout``, ``force_close``...), and to
+        ``ClientSession`` otherwise (``base_url``, ``timeout``, ``headers``...).
+        Closing the session closes its connector.
         """
-        connector = self.connector(provider=provider, source=source, api_key_id=api_key_id)
-        return aiohttp.ClientSession(connector=connector, **kwargs)
+        for_connector = {k: v for k, v in kwargs.items() if k in _CONNECTOR_ARGS}
+        for_session = {k: v for k, v in kwargs.items() if k not in _CONNECTOR_ARGS}
+        connector = self.connector(
+            provider=provider, source=source, api_key_id=api_key_id, **for_connector
+        )
+        return aiohttp.ClientSession(connector=connector, **for_session)
 
     # -- observability -----------------------------------------------------------
 
@@ -322,13 +322,24 @@ class Mesh:
         table is built by its kind with its options and ``require_api_key_id``;
         ``server.grace_period`` becomes the mesh's grace period.
 
+        Reading configs is the service layer's job (``meshbridge.service``);
+        the core finds its loader through the ``meshbridge.config`` entry
+        point group instead of importing it.
+
         Raises:
             ConfigError: the file cannot be read or has errors (all are listed,
                 each with its key path); nothing is registered.
+            RuntimeError: no config loader is installed.
         """
-        from ._config import load_config
+        return _config_loader()(path, registry=registry)
 
-        config = load_config(path)
-        mesh = cls(registry=registry, grace_period=config.server.grace_period)
-        config.register(mesh)
-        return mesh
+
+def _config_loader() -> Callable[..., Mesh]:
+    found = entry_points(group=CONFIG_LOADERS)
+    if not found:
+        raise RuntimeError(
+            f"no config loader is installed (entry point group {CONFIG_LOADERS!r}): "
+            "install meshbridge as a package, which registers meshbridge.service's"
+        )
+    loader: Callable[..., Mesh] = next(iter(found)).load()
+    return loader

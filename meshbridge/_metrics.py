@@ -8,8 +8,10 @@ library's. Registering the collector on a registry also claims the names, so
 two meshes on one registry fail loudly ("Duplicated timeseries").
 
 Label values come only from registered provider names, sources set by code in
-the process, a fixed set of HTTP methods and the status codes the provider
-apps send, so nothing an outside caller sends can create a new series.
+the process, a fixed set of HTTP methods, the status codes the provider apps
+send, and model names that provider apps report, which are folded to
+``other`` past :data:`MAX_MODELS` per provider: nothing an outside caller
+sends can create more than a bounded number of series.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["BUCKETS", "MeshMetrics", "Series", "method_label"]
+__all__ = ["BUCKETS", "MAX_MODELS", "MeshMetrics", "Series", "method_label", "source_label"]
 
 # 1 ms to 5 minutes: LLM streams are long.
 BUCKETS: Final = (
@@ -35,6 +37,13 @@ BUCKETS: Final = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
 _LE: Final = (*map(floatToGoString, BUCKETS), "+Inf")
+
+# Model labels per provider before further names fold into "other".
+MAX_MODELS: Final = 100
+_MAX_MODEL_LEN: Final = 128
+OTHER: Final = "other"
+UNKNOWN: Final = "unknown"  # the request and the answer named no model
+TOKEN_TYPES: Final = ("input", "output", "cache_read", "cache_write")
 
 _METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
@@ -49,7 +58,14 @@ _HELP: Final = {
     "request_bytes": "Request body bytes received by providers.",
     "response_bytes": "Response body bytes written by providers.",
     "handler_errors": "Provider handlers that raised (or returned no response).",
+    "tokens": "LLM tokens, by model and type (input, output, cache_read, cache_write).",
+    "ttft": "Streams: request received by the provider to the first token sent.",
 }
+
+
+def source_label(source: str | None) -> str:
+    """The ``source`` label value: the Source, or ``none`` for a request without one."""
+    return source or "none"
 
 
 def method_label(method: str) -> str:
@@ -84,6 +100,7 @@ class Series:
 
     __slots__ = (
         "durations",
+        "first_token",
         "handler_errors",
         "in_flight",
         "provider",
@@ -91,6 +108,7 @@ class Series:
         "requests",
         "response_bytes",
         "source",
+        "tokens",
         "ttfb",
     )
 
@@ -104,6 +122,8 @@ class Series:
         self.ttfb = Histogram()
         self.durations: dict[str, Histogram] = {}
         self.requests: dict[tuple[str, int, str], int] = {}
+        self.tokens: dict[tuple[str, str], int] = {}  # (model, type)
+        self.first_token: dict[str, Histogram] = {}  # by model
 
     def finished(
         self,
@@ -125,29 +145,56 @@ class Series:
         self.response_bytes += response_bytes
         self.in_flight -= 1
 
+    def used(self, model: str, counts: tuple[int, int, int, int]) -> None:
+        """Count tokens of one request, in the order of :data:`TOKEN_TYPES`."""
+        for type_, count in zip(TOKEN_TYPES, counts, strict=True):
+            if count > 0:
+                key = (model, type_)
+                self.tokens[key] = self.tokens.get(key, 0) + count
+
+    def first_token_after(self, model: str, seconds: float) -> None:
+        histogram = self.first_token.get(model)
+        if histogram is None:
+            histogram = self.first_token[model] = Histogram()
+        histogram.observe(seconds)
+
 
 class MeshMetrics:
     """The metric families of one mesh, collected from its Series."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._series: dict[tuple[str, str], Series] = {}
+        self._models: dict[str, set[str]] = {}  # model labels given out, by provider
         registry.register(self)
 
     def series(self, provider: str, source: str | None) -> Series:
         """The numbers for one provider and source (``none`` when unset)."""
-        key = (provider, source or "none")
+        key = (provider, source_label(source))
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = Series(*key)
         return series
 
+    def model_label(self, provider: str, model: str | None) -> str:
+        """``model`` as a label value of ``provider``'s series: ``unknown`` for
+        none, ``other`` for an unprintable or over-long name and for names past
+        the first :data:`MAX_MODELS` of that provider."""
+        if not model:
+            return UNKNOWN
+        seen = self._models.setdefault(provider, set())
+        if model in seen:
+            return model
+        if len(model) > _MAX_MODEL_LEN or not model.isprintable() or len(seen) >= MAX_MODELS:
+            return OTHER
+        seen.add(model)
+        return model
+
     def describe(self) -> list[Metric]:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        requests, duration, ttfb, in_flight, request_bytes, response_bytes, errors = (
-            self._families()
-        )
+        (requests, duration, ttfb, in_flight, request_bytes, response_bytes, errors, tokens,
+         ttft) = self._families()  # fmt: skip
         # list() copies: a scrape from another thread never sees a dict change size
         for series in list(self._series.values()):
             pair = [series.provider, series.source]
@@ -160,7 +207,21 @@ class MeshMetrics:
             request_bytes.add_metric(pair, series.request_bytes)
             response_bytes.add_metric(pair, series.response_bytes)
             errors.add_metric(pair, series.handler_errors)
-        yield from (requests, duration, ttfb, in_flight, request_bytes, response_bytes, errors)
+            for (model, type_), count in list(series.tokens.items()):
+                tokens.add_metric([*pair, model, type_], count)
+            for model, histogram in list(series.first_token.items()):
+                ttft.add_metric([*pair, model], histogram.buckets(), histogram.sum)
+        yield from (
+            requests,
+            duration,
+            ttfb,
+            in_flight,
+            request_bytes,
+            response_bytes,
+            errors,
+            tokens,
+            ttft,
+        )
 
     @staticmethod
     def _families() -> tuple[
@@ -171,6 +232,8 @@ class MeshMetrics:
         CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
+        CounterMetricFamily,
+        HistogramMetricFamily,
     ]:
         return (
             CounterMetricFamily(
@@ -190,4 +253,10 @@ class MeshMetrics:
             CounterMetricFamily("meshbridge_request_bytes", _HELP["request_bytes"], labels=_PAIR),
             CounterMetricFamily("meshbridge_response_bytes", _HELP["response_bytes"], labels=_PAIR),
             CounterMetricFamily("meshbridge_handler_errors", _HELP["handler_errors"], labels=_PAIR),
+            CounterMetricFamily(
+                "meshbridge_tokens", _HELP["tokens"], labels=[*_PAIR, "model", "type"]
+            ),
+            HistogramMetricFamily(
+                "meshbridge_time_to_first_token_seconds", _HELP["ttft"], labels=[*_PAIR, "model"]
+            ),
         )

@@ -6,32 +6,25 @@ a lookup sees the table either before or after a change, never half of one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from typing import Final, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ._exceptions import MeshNotRunning, ProviderNotFound
+from ._names import PROVIDER
 
-__all__ = ["NAME_PATTERN", "Router", "check_name"]
-
-NAME_PATTERN: Final = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-_NAME_RE: Final = re.compile(NAME_PATTERN)
-_MAX_NAME_LEN: Final = 63  # one DNS label: the name is also a URL host
+__all__ = ["Router", "check_name"]
 
 P = TypeVar("P")
 
 
 def check_name(name: object) -> str:
-    """Return ``name`` if it is a valid provider name, else raise ``ValueError``."""
-    if not isinstance(name, str):
-        raise TypeError(f"provider name must be a str, not {type(name).__name__}")
-    if len(name) > _MAX_NAME_LEN or not _NAME_RE.fullmatch(name):
-        raise ValueError(
-            f"invalid provider name {name!r}: expected lower-case letters and digits, "
-            f"words joined by single '-' (pattern {NAME_PATTERN}, at most {_MAX_NAME_LEN} "
-            "characters), because the name is the URL host callers use"
-        )
-    return name
+    """Return ``name`` if it is a valid provider name.
+
+    Raises:
+        TypeError: ``name`` is not a str.
+        ValueError: it is not lower-case words joined by ``-`` (one DNS label).
+    """
+    return PROVIDER.check(name)
 
 
 class Router(Generic[P]):

@@ -9,16 +9,14 @@ calls made inside a block with :func:`use_source` / :func:`use_api_key_id`
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import ClassVar, Final
+from typing import ClassVar
 
-__all__ = ["Source", "use_api_key_id", "use_source"]
+from ._names import SOURCE
 
-_SOURCE_RE: Final = re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*")
-_MAX_SOURCE_LEN: Final = 63
+__all__ = ["Source", "check_api_key_id", "use_api_key_id", "use_source"]
 
 
 class Source(str):
@@ -43,13 +41,7 @@ class Source(str):
     def __new__(cls, value: str) -> Source:
         if type(value) is cls:
             return value
-        if not isinstance(value, str):
-            raise TypeError(f"a Source is made from a str, not {type(value).__name__}")
-        if len(value) > _MAX_SOURCE_LEN or not _SOURCE_RE.fullmatch(value):
-            raise ValueError(
-                f"invalid source {value!r}: expected lower-case letters, digits, '-' or '_' "
-                f"(pattern {_SOURCE_RE.pattern}, at most {_MAX_SOURCE_LEN} characters)"
-            )
+        SOURCE.check(value)
         if value == "none":
             raise ValueError("'none' is reserved for requests that carry no source")
         return super().__new__(cls, value)

@@ -1,43 +1,39 @@
-"""Provider kinds: each module builds an ``aiohttp.web.Application`` from options.
+"""Provider kinds: each builds an ``aiohttp.web.Application`` from options.
 
-    kind        module                   what it is
-    fake        providers/fake.py        local deterministic LLM emulator (no key, no network)
-    openai      providers/openai.py      proxy of an OpenAI-compatible upstream
-    anthropic   providers/anthropic.py   proxy of the Anthropic Messages API
+    kind        module                              what it is
+    fake        meshbridge/providers/fake.py        local deterministic LLM emulator
+    openai      meshbridge/providers/openai.py      proxy of an OpenAI-compatible upstream
+    anthropic   meshbridge/providers/anthropic.py   proxy of the Anthropic Messages API
 
-Every kind module offers the same two functions::
+(The source lives in the repository's top-level ``providers/`` folder; it
+installs as ``meshbridge.providers``.) This layer builds on the core's public
+names only. Every kind offers the same interface, :class:`Kind`, and is found
+by name through the ``meshbridge.providers`` entry point group, so your own
+package can add one (see :func:`kinds`)::
 
-    options = fake.parse_options(OptionReader({"tokens_per_second": 50}, "providers.local"))
-    app = fake.create_app(options, ProviderContext("local", TokenMetrics(mesh.registry)))
-    mesh.register("local", app)
+    kind = kinds()["fake"]
+    plan = kind.prepare(OptionReader({"tokens_per_second": 50}, "providers.local"))
+    mesh.register("local", plan.build(ProviderContext("local")))
 
-``parse_options`` records every problem on the reader, with its key path;
-``reader.finish()`` raises :class:`OptionsError` listing them all. Token
-metrics (``meshbridge_tokens_total``, ``meshbridge_time_to_first_token_seconds``)
-go to the :class:`TokenMetrics` in the :class:`ProviderContext`: make one per
-mesh and share it between its providers (a second one on the same registry is
-refused, as prometheus_client refuses duplicated series).
+``prepare`` records every problem on the reader, with its key path;
+``reader.finish()`` raises :class:`meshbridge.ConfigError` listing them all.
+Token usage goes to the mesh's metrics through :func:`report`.
 """
 
 from __future__ import annotations
 
-from . import anthropic, fake, openai
 from ._kind import Kind, Plan, ProviderContext
-from ._metrics import TokenMetrics, Usage
-from ._options import OptionError, OptionReader, OptionsError
-from ._registry import KINDS
+from ._options import OptionReader
+from ._registry import kinds
+from ._usage import ModelLabels, Usage, report
 
 __all__ = [
-    "KINDS",
     "Kind",
-    "OptionError",
+    "ModelLabels",
     "OptionReader",
-    "OptionsError",
     "Plan",
     "ProviderContext",
-    "TokenMetrics",
     "Usage",
-    "anthropic",
-    "fake",
-    "openai",
+    "kinds",
+    "report",
 ]

@@ -1,16 +1,18 @@
 """The interface every provider kind offers.
 
-A kind is a module (``providers/fake.py``, ``providers/openai.py``, …) with
-two functions and an options dataclass:
+A kind is a module (``fake``, ``openai``, ``anthropic``, or one of your own
+package's) with an options dataclass and two functions:
 
 * ``parse_options(reader) -> Options``: reads its keys from an
-  :class:`~providers._options.OptionReader`, recording every problem with
-  its key path instead of raising;
+  :class:`~meshbridge.providers.OptionReader`, recording every problem with
+  its key path instead of raising; ``Options`` has ``describe()``;
 * ``create_app(options, context) -> web.Application``: builds the provider.
 
-:class:`Kind` bundles the two so the config layer can treat every kind alike:
-:meth:`Kind.prepare` parses a table and returns a :class:`Plan`, a provider
-ready to build, that names its upstream and options for ``meshbridge routes``.
+:class:`Kind` bundles them under the name a config's ``kind = "..."`` uses,
+and is what the ``meshbridge.providers`` entry point group points at (see
+:func:`~meshbridge.providers.kinds`). :meth:`Kind.prepare` parses a table and
+returns a :class:`Plan`: a provider ready to build, that names its upstream
+and options for ``meshbridge routes``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
 
-from ._metrics import TokenMetrics
 from ._options import OptionReader
 
 __all__ = ["Kind", "Plan", "ProviderContext"]
@@ -29,15 +30,13 @@ __all__ = ["Kind", "Plan", "ProviderContext"]
 
 @dataclass(frozen=True, slots=True)
 class ProviderContext:
-    """What a provider app learns about where it runs.
+    """What a provider app learns about where it runs: its name in the mesh.
 
-    ``name`` is the provider's name in the mesh (its ``provider`` metric
-    label); ``metrics`` are the token metrics of the mesh's registry, made once
-    per mesh by whoever builds its providers and shared by all of them.
+    Everything per request (Source, API key id, token metrics) comes from the
+    request itself (``meshbridge.source_of``, ``meshbridge.record_tokens``).
     """
 
     name: str
-    metrics: TokenMetrics
 
 
 class Described(Protocol):
@@ -63,7 +62,10 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Kind(Generic[OptionsT]):
-    """One provider kind: its name, its options parser and its app factory."""
+    """One provider kind: its name, its options parser and its app factory.
+
+    ``summary`` is the one line ``meshbridge kinds`` prints for it.
+    """
 
     name: str
     summary: str

@@ -5,38 +5,25 @@ file, or a plain dict in code). Each typed read records a problem instead of
 raising, so one pass over a file reports every mistake at once, each with its
 key path (``providers.openai.upstream``) and what was expected. A kind's
 parser reads what it knows; :meth:`OptionReader.finish` then reports the keys
-nobody read, and raises :class:`OptionsError` if anything was wrong.
+nobody read, and raises the core's :class:`~meshbridge.ConfigError` (the one
+error type for config problems) if anything was wrong.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from yarl import URL
 
-__all__ = ["OptionError", "OptionReader", "OptionsError"]
+from meshbridge import ConfigError
 
+__all__ = ["OptionReader", "Problems"]
 
-@dataclass(frozen=True, slots=True)
-class OptionError:
-    """One problem in a config: where it is and what was expected there."""
-
-    path: str  # key path, such as "providers.openai.upstream"
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class OptionsError(ValueError):
-    """Options were invalid; ``errors`` lists every problem found."""
-
-    def __init__(self, errors: Iterable[OptionError]) -> None:
-        self.errors = tuple(errors)
-        super().__init__("\n".join(str(e) for e in self.errors))
+# Every problem found so far, as (key path, what is wrong): the pairs a
+# ConfigError lists. Readers of one file share one list.
+Problems = list[tuple[str, str]]
 
 
 def _kind_of(value: object) -> str:
@@ -67,12 +54,12 @@ class OptionReader:
         path: str = "options",
         *,
         environ: Mapping[str, str] | None = None,
-        errors: list[OptionError] | None = None,
+        errors: Problems | None = None,
     ) -> None:
         self._raw = raw
         self.path = path
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
-        self.errors: list[OptionError] = [] if errors is None else errors
+        self.errors: Problems = [] if errors is None else errors
         self._read: set[str] = set()
 
     def key(self, key: str) -> str:
@@ -81,7 +68,7 @@ class OptionReader:
 
     def error(self, key: str, message: str) -> None:
         """Record a problem with ``key``."""
-        self.errors.append(OptionError(self.key(key), message))
+        self.errors.append((self.key(key), message))
 
     def _get(self, key: str) -> object:
         self._read.add(key)
@@ -216,8 +203,8 @@ class OptionReader:
         """Check for unknown keys, then raise if anything was wrong.
 
         Raises:
-            OptionsError: this reader (or any sharing its error list) recorded errors.
+            ConfigError: this reader (or any sharing its error list) recorded errors.
         """
         self.check_unknown()
         if self.errors:
-            raise OptionsError(self.errors)
+            raise ConfigError(self.errors)

@@ -34,12 +34,10 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from meshbridge import source_of
-
 from ._kind import ProviderContext
-from ._metrics import Usage
 from ._options import OptionReader
 from ._sse import Event, SSEError, SSEParser
+from ._usage import ModelLabels, Usage, report
 
 __all__ = [
     "Dialect",
@@ -49,6 +47,8 @@ __all__ = [
     "Watcher",
     "count",
     "error_message",
+    "event_payload",
+    "json_object",
 ]
 
 JSON = dict[str, Any]
@@ -168,11 +168,20 @@ class Dialect(Protocol):
         ...
 
 
-def json_payload(data: bytes) -> JSON:
-    """Decode a JSON object from an event or a body.
+def json_object(data: bytes) -> JSON | None:
+    """The JSON object in ``data`` (a request body, an answer, an event), or None."""
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def event_payload(data: bytes) -> JSON:
+    """The JSON object an upstream's event carries.
 
     Raises:
-        SSEError: it is not JSON, or not an object.
+        SSEError: it is not a JSON object.
     """
     try:
         value = json.loads(data)
@@ -194,8 +203,7 @@ class Proxy:
         self.options = options
         self.dialect = dialect
         self.provider = context.name
-        self.metrics = context.metrics
-        self.labels = self.metrics.models(context.name, options.models, options.max_models)
+        self.labels = ModelLabels(options.models, options.max_models)
         self._session: aiohttp.ClientSession | None = None
 
     async def upstream_session(self, app: web.Application) -> AsyncIterator[None]:
@@ -222,12 +230,6 @@ class Proxy:
         headers.update(self.dialect.credentials(request.headers, self.options.api_key))
         return headers
 
-    def _record(self, request: web.Request, model: str | None, usage: Usage) -> str:
-        source = source_of(request) or "none"
-        label = self.labels.label(model)
-        self.metrics.record(self.provider, source, label, usage)
-        return label
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Relay ``request`` upstream; JSON bodies are checked and may be adjusted."""
         started = time.perf_counter()
@@ -241,9 +243,8 @@ class Proxy:
         headers = self._headers(request)
         model: str | None = None
         if request.method == "POST":
-            try:
-                payload = json_payload(body)
-            except SSEError:
+            payload = json_object(body)
+            if payload is None:
                 return self.error(400, "invalid JSON in request body: expected a JSON object")
             model = payload.get("model") if isinstance(payload.get("model"), str) else None
             changed = self.dialect.prepare(request.path, payload)
@@ -301,14 +302,12 @@ class Proxy:
         except aiohttp.ClientError as exc:
             return self.error(502, f"upstream {host} failed: {exc.__class__.__name__}: {exc}")
         if upstream.status == 200 and upstream.content_type == "application/json":
-            try:
-                answer = json_payload(data)
-            except SSEError:
-                answer = {}
+            answer = json_object(data) or {}
             usage = self.dialect.usage(request.path, answer)
             if usage is not None:
                 answered = answer.get("model")
-                self._record(request, answered if isinstance(answered, str) else model, usage)
+                named = answered if isinstance(answered, str) else model
+                report(request, self.labels, named, usage)
         return web.Response(
             status=upstream.status,
             reason=upstream.reason,
@@ -362,10 +361,7 @@ class Proxy:
                     await response.write(self.dialect.stream_error(failure))
                 raise UpstreamStreamError(failure)
         finally:
-            label = self._record(request, watcher.model or model, watcher.usage)
-            if ttft is not None:
-                source = source_of(request) or "none"
-                self.metrics.first_token(self.provider, source, label, ttft)
+            report(request, self.labels, watcher.model or model, watcher.usage, ttft)
         await response.write_eof()
         return response
 

@@ -19,18 +19,18 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from ._kind import Kind, ProviderContext
-from ._metrics import Usage
 from ._options import OptionReader
 from ._proxy import (
     ProxyOptions,
     Watcher,
     count,
     error_message,
-    json_payload,
+    event_payload,
     parse_proxy_options,
     proxy_app,
 )
 from ._sse import Event, encode
+from ._usage import Usage
 
 __all__ = ["KIND", "AnthropicOptions", "create_app", "parse_options"]
 
@@ -91,7 +91,7 @@ class _MessagesWatcher(Watcher):
     def see(self, event: Event) -> bool:
         if not event.data:
             return False
-        data = json_payload(event.data.encode())
+        data = event_payload(event.data.encode())
         kind = data.get("type", event.event)
         if kind == "message_start":
             message = data.get("message")

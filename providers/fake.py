@@ -19,17 +19,15 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
-from meshbridge import source_of
-
 from ._kind import Kind, ProviderContext
-from ._metrics import Usage
 from ._options import OptionReader
 from ._sse import encode
 from ._text import content_text, prompt_tokens, reply_tokens
+from ._usage import ModelLabels, Usage, report
 
 __all__ = ["KIND", "FakeOptions", "create_app", "parse_options"]
 
@@ -80,8 +78,7 @@ class _Fake:
     def __init__(self, options: FakeOptions, context: ProviderContext) -> None:
         self.options = options
         self.provider = context.name
-        self.metrics = context.metrics
-        self.labels = self.metrics.models(context.name, options.models, len(options.models))
+        self.labels = ModelLabels(options.models, len(options.models))
         self._generations = itertools.count(1)
         self._ids = itertools.count(1)
 
@@ -103,13 +100,6 @@ class _Fake:
         else:
             delay = 0.0
         await asyncio.sleep(delay)
-
-    def record(self, request: web.Request, model: str, usage: Usage, ttft: float | None) -> None:
-        source = source_of(request) or "none"
-        label = self.labels.label(model)
-        self.metrics.record(self.provider, source, label, usage)
-        if ttft is not None:
-            self.metrics.first_token(self.provider, source, label, ttft)
 
 
 FAKE: web.AppKey[_Fake] = web.AppKey("meshbridge_fake", _Fake)
@@ -168,22 +158,47 @@ def _limit(body: JSON, default: int, *keys: str) -> int:
     return default
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    fake = request.app[FAKE]
-    body = await _read(request, anthropic=False)
-    if isinstance(body, web.Response):
-        return body
-    fake.start_generation()
-    started = time.perf_counter()
-    model: str = body["model"]
-    budget = _limit(body, fake.options.reply_tokens, "max_completion_tokens", "max_tokens")
-    tokens = reply_tokens(body["messages"], budget)
-    finish = "length" if budget < fake.options.reply_tokens else "stop"
-    usage = Usage(input=prompt_tokens(content_text(m.get("content")) for m in body["messages"]))
-    base = {"id": fake.next_id("chatcmpl-"), "created": int(time.time()), "model": model}
-    base["system_fingerprint"] = "fp_meshbridge_fake"
+class _Reply:
+    """One generation: its tokens and usage, and how ``_Wire`` shapes it."""
 
-    def usage_json() -> JSON:
+    def __init__(self, fake: _Fake, body: JSON, usage: Usage, budget: int, head: JSON) -> None:
+        self.model: str = body["model"]
+        self.tokens = reply_tokens(body["messages"], budget)
+        self.cut = budget < fake.options.reply_tokens  # stopped by max_tokens
+        self.usage = usage
+        self.head = {**head, "model": self.model}  # the id fields every event repeats
+        options = body.get("stream_options")
+        self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+
+class _Wire(Protocol):
+    """What differs between the two wire formats the fake speaks."""
+
+    anthropic: bool  # errors are Anthropic-shaped; max_tokens is required
+
+    def reply(self, fake: _Fake, body: JSON) -> _Reply: ...
+    def answer(self, fake: _Fake, reply: _Reply) -> JSON: ...
+    def opening(self, fake: _Fake, reply: _Reply) -> list[bytes]: ...
+    def token(self, reply: _Reply, token: str) -> bytes: ...
+    def closing(self, reply: _Reply) -> list[bytes]: ...
+
+
+class _ChatCompletions:
+    """OpenAI ``POST /v1/chat/completions``."""
+
+    anthropic = False
+
+    def reply(self, fake: _Fake, body: JSON) -> _Reply:
+        budget = _limit(body, fake.options.reply_tokens, "max_completion_tokens", "max_tokens")
+        usage = Usage(input=prompt_tokens(content_text(m.get("content")) for m in body["messages"]))
+        head = {"id": fake.next_id("chatcmpl-"), "created": int(time.time())}
+        reply = _Reply(fake, body, usage, budget, head)
+        reply.head["system_fingerprint"] = "fp_meshbridge_fake"
+        return reply
+
+    @staticmethod
+    def _usage(reply: _Reply) -> JSON:
+        usage = reply.usage
         return {
             "prompt_tokens": usage.input,
             "completion_tokens": usage.output,
@@ -192,125 +207,143 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
 
-    ttft: float | None = None
-    try:
-        if body.get("stream") is not True:
-            for i in range(len(tokens)):
-                await fake.pace(i)
-            usage.output = len(tokens)
-            message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-            answer = {**base, "object": "chat.completion", "choices": [choice]}
-            return web.json_response({**answer, "usage": usage_json()})
+    def _finish(self, reply: _Reply) -> str:
+        return "length" if reply.cut else "stop"
 
-        options = body.get("stream_options")
-        with_usage = isinstance(options, dict) and options.get("include_usage") is True
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        response.headers["Cache-Control"] = "no-cache"
-        await response.prepare(request)
+    def answer(self, fake: _Fake, reply: _Reply) -> JSON:
+        message = {"role": "assistant", "content": "".join(reply.tokens), "refusal": None}
+        finish = self._finish(reply)
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        answer = {**reply.head, "object": "chat.completion", "choices": [choice]}
+        return {**answer, "usage": self._usage(reply)}
 
-        async def chunk(delta: JSON, finish_reason: str | None = None) -> None:
-            choice = {
-                "index": 0,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-            data = {**base, "object": "chat.completion.chunk", "choices": [choice]}
-            if with_usage:
-                data["usage"] = None
-            await response.write(encode(data))
+    def _chunk(self, reply: _Reply, delta: JSON, finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        data = {**reply.head, "object": "chat.completion.chunk", "choices": [choice]}
+        if reply.include_usage:
+            data["usage"] = None
+        return encode(data)
 
-        await chunk({"role": "assistant", "content": "", "refusal": None})
-        for i, token in enumerate(tokens):
-            await fake.pace(i)
-            await chunk({"content": token})
-            usage.output += 1
-            if i == 0:
-                ttft = time.perf_counter() - started
-        await chunk({}, finish)
-        if with_usage:
-            final = {**base, "object": "chat.completion.chunk", "choices": []}
-            await response.write(encode({**final, "usage": usage_json()}))
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
-    finally:
-        fake.record(request, model, usage, ttft)
+    def opening(self, fake: _Fake, reply: _Reply) -> list[bytes]:
+        return [self._chunk(reply, {"role": "assistant", "content": "", "refusal": None})]
+
+    def token(self, reply: _Reply, token: str) -> bytes:
+        return self._chunk(reply, {"content": token})
+
+    def closing(self, reply: _Reply) -> list[bytes]:
+        events = [self._chunk(reply, {}, self._finish(reply))]
+        if reply.include_usage:
+            final = {**reply.head, "object": "chat.completion.chunk", "choices": []}
+            events.append(encode({**final, "usage": self._usage(reply)}))
+        return [*events, b"data: [DONE]\n\n"]
 
 
-async def messages(request: web.Request) -> web.StreamResponse:
+class _Messages:
+    """Anthropic ``POST /v1/messages``."""
+
+    anthropic = True
+    _cache: Final = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+
+    def reply(self, fake: _Fake, body: JSON) -> _Reply:
+        budget = _limit(body, fake.options.reply_tokens, "max_tokens")
+        usage = Usage(input=prompt_tokens(_anthropic_texts(body)))
+        head = {"id": fake.next_id("msg_"), "type": "message", "role": "assistant"}
+        return _Reply(fake, body, usage, budget, head)
+
+    def _stop(self, reply: _Reply) -> str:
+        return "max_tokens" if reply.cut else "end_turn"
+
+    def answer(self, fake: _Fake, reply: _Reply) -> JSON:
+        message = dict(reply.head)
+        message["content"] = [{"type": "text", "text": "".join(reply.tokens)}]
+        message.update(stop_reason=self._stop(reply), stop_sequence=None)
+        usage = {"input_tokens": reply.usage.input, "output_tokens": reply.usage.output}
+        message["usage"] = {**usage, **self._cache}
+        return message
+
+    @staticmethod
+    def _event(event: str, data: JSON) -> bytes:
+        return encode({"type": event, **data}, event)
+
+    def opening(self, fake: _Fake, reply: _Reply) -> list[bytes]:
+        message = {**reply.head, "content": [], "stop_reason": None, "stop_sequence": None}
+        message["usage"] = {"input_tokens": reply.usage.input, "output_tokens": 1, **self._cache}
+        block = {"index": 0, "content_block": {"type": "text", "text": ""}}
+        return [
+            self._event("message_start", {"message": message}),
+            self._event("content_block_start", block),
+            self._event("ping", {}),
+        ]
+
+    def token(self, reply: _Reply, token: str) -> bytes:
+        delta = {"index": 0, "delta": {"type": "text_delta", "text": token}}
+        return self._event("content_block_delta", delta)
+
+    def closing(self, reply: _Reply) -> list[bytes]:
+        delta = {"stop_reason": self._stop(reply), "stop_sequence": None}
+        return [
+            self._event("content_block_stop", {"index": 0}),
+            self._event(
+                "message_delta", {"delta": delta, "usage": {"output_tokens": reply.usage.output}}
+            ),
+            self._event("message_stop", {}),
+        ]
+
+
+def _anthropic_texts(body: JSON) -> list[str]:
+    return [content_text(body.get("system"))] + [
+        content_text(m.get("content")) for m in body["messages"]
+    ]
+
+
+async def _generate(request: web.Request, wire: _Wire) -> web.StreamResponse:
+    """One generation in ``wire``'s format: a JSON answer, or a paced stream."""
     fake = request.app[FAKE]
-    body = await _read(request, anthropic=True, needs_max_tokens=True)
+    body = await _read(request, anthropic=wire.anthropic, needs_max_tokens=wire.anthropic)
     if isinstance(body, web.Response):
         return body
     fake.start_generation()
     started = time.perf_counter()
-    model: str = body["model"]
-    budget = _limit(body, fake.options.reply_tokens, "max_tokens")
-    tokens = reply_tokens(body["messages"], budget)
-    stop_reason = "max_tokens" if budget < fake.options.reply_tokens else "end_turn"
-    texts = [content_text(body.get("system"))]
-    texts += [content_text(m.get("content")) for m in body["messages"]]
-    usage = Usage(input=prompt_tokens(texts))
-    cache = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-    message: JSON = {"id": fake.next_id("msg_"), "type": "message", "role": "assistant"}
-    message["model"] = model
+    reply = wire.reply(fake, body)
     ttft: float | None = None
     try:
         if body.get("stream") is not True:
-            for i in range(len(tokens)):
+            for i in range(len(reply.tokens)):
                 await fake.pace(i)
-            usage.output = len(tokens)
-            message["content"] = [{"type": "text", "text": "".join(tokens)}]
-            message.update(stop_reason=stop_reason, stop_sequence=None)
-            message["usage"] = {
-                "input_tokens": usage.input,
-                "output_tokens": usage.output,
-                **cache,
-            }
-            return web.json_response(message)
-
+            reply.usage.output = len(reply.tokens)
+            return web.json_response(wire.answer(fake, reply))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         response.headers["Cache-Control"] = "no-cache"
         await response.prepare(request)
-
-        async def send(event: str, data: JSON) -> None:
-            await response.write(encode({"type": event, **data}, event))
-
-        message.update(content=[], stop_reason=None, stop_sequence=None)
-        message["usage"] = {"input_tokens": usage.input, "output_tokens": 1, **cache}
-        await send("message_start", {"message": message})
-        await send(
-            "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
-        )
-        await send("ping", {})
-        for i, token in enumerate(tokens):
+        for event in wire.opening(fake, reply):
+            await response.write(event)
+        for i, token in enumerate(reply.tokens):
             await fake.pace(i)
-            await send(
-                "content_block_delta",
-                {"index": 0, "delta": {"type": "text_delta", "text": token}},
-            )
-            usage.output += 1
+            await response.write(wire.token(reply, token))
+            reply.usage.output += 1
             if i == 0:
                 ttft = time.perf_counter() - started
-        await send("content_block_stop", {"index": 0})
-        delta = {"stop_reason": stop_reason, "stop_sequence": None}
-        await send("message_delta", {"delta": delta, "usage": {"output_tokens": usage.output}})
-        await send("message_stop", {})
+        for event in wire.closing(reply):
+            await response.write(event)
         await response.write_eof()
         return response
     finally:
-        fake.record(request, model, usage, ttft)
+        report(request, fake.labels, reply.model, reply.usage, ttft)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, _ChatCompletions())
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, _Messages())
 
 
 async def count_message_tokens(request: web.Request) -> web.Response:
     body = await _read(request, anthropic=True)
     if isinstance(body, web.Response):
         return body
-    texts = [content_text(body.get("system"))]
-    texts += [content_text(m.get("content")) for m in body["messages"]]
-    return web.json_response({"input_tokens": prompt_tokens(texts)})
+    return web.json_response({"input_tokens": prompt_tokens(_anthropic_texts(body))})
 
 
 async def models(request: web.Request) -> web.Response:

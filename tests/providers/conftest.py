@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -23,7 +22,7 @@ from httpx_aiohttp.httpx2 import AiohttpTransport
 from prometheus_client import CollectorRegistry
 
 from meshbridge import Mesh
-from providers import ProviderContext, TokenMetrics
+from meshbridge.providers import ProviderContext
 
 CANCELLED: web.AppKey[list[str]] = web.AppKey("cancelled", list)
 
@@ -45,15 +44,6 @@ def watched(app: web.Application) -> web.Application:
     app[CANCELLED] = []
     app.middlewares.append(record_cancellation)
     return app
-
-
-async def settle(condition: Callable[[], bool], *, rounds: int = 500) -> bool:
-    """Let the loop run until ``condition()`` holds (bounded by loop turns)."""
-    for _ in range(rounds):
-        if condition():
-            return True
-        await asyncio.sleep(0.002)
-    return condition()
 
 
 async def drain(response: aiohttp.ClientResponse, into: bytearray) -> None:
@@ -158,12 +148,7 @@ async def anthropic_sdk() -> AsyncIterator[AnthropicFactory]:
         await client.close()
 
 
-_token_metrics: weakref.WeakKeyDictionary[Mesh, TokenMetrics] = weakref.WeakKeyDictionary()
-
-
 def context(mesh: Mesh, name: str) -> ProviderContext:
-    """A ProviderContext for ``name``; the providers of one mesh share its TokenMetrics."""
-    metrics = _token_metrics.get(mesh)
-    if metrics is None:
-        metrics = _token_metrics[mesh] = TokenMetrics(mesh.registry)
-    return ProviderContext(name, metrics)
+    """The ProviderContext of provider ``name`` (on any mesh: tokens are counted
+    in the metrics of the mesh each request comes through)."""
+    return ProviderContext(name)

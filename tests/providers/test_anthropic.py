@@ -13,9 +13,10 @@ from aiohttp.test_utils import TestServer
 from anthropic.types import MessageParam
 
 from meshbridge import Mesh
-from providers import OptionReader
-from providers import anthropic as anthropic_kind
+from meshbridge.providers import OptionReader
+from meshbridge.providers import anthropic as anthropic_kind
 
+from ..helpers import settle
 from . import upstreams as up
 from .conftest import (
     CANCELLED,
@@ -25,7 +26,6 @@ from .conftest import (
     context,
     drain,
     sample,
-    settle,
     watched,
 )
 

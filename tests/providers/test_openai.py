@@ -12,10 +12,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai.types.chat import ChatCompletionMessageParam
 
-from meshbridge import Mesh
-from providers import OptionReader, OptionsError
-from providers import openai as openai_kind
+from meshbridge import ConfigError, Mesh
+from meshbridge.providers import OptionReader
+from meshbridge.providers import openai as openai_kind
 
+from ..helpers import settle
 from . import upstreams as up
 from .conftest import (
     CANCELLED,
@@ -25,7 +26,6 @@ from .conftest import (
     context,
     drain,
     sample,
-    settle,
     watched,
 )
 
@@ -73,9 +73,9 @@ def test_options_errors_name_their_key_paths() -> None:
         environ={},
     )
     openai_kind.parse_options(reader)
-    with pytest.raises(OptionsError) as caught:
+    with pytest.raises(ConfigError) as caught:
         reader.finish()
-    assert [e.path for e in caught.value.errors] == [
+    assert [where for where, _ in caught.value.errors] == [
         "providers.openai.upstream",
         "providers.openai.api_key_env",
         "providers.openai.timeout",
@@ -84,7 +84,7 @@ def test_options_errors_name_their_key_paths() -> None:
     assert "environment variable NOT_SET is not set" in str(caught.value)
     missing = OptionReader({}, "providers.openai")
     openai_kind.parse_options(missing)
-    assert [str(e) for e in missing.errors] == [
+    assert [f"{where}: {what}" for where, what in missing.errors] == [
         "providers.openai.upstream: missing: expected an http:// or https:// URL"
     ]
 

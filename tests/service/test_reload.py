@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshbridge import ProviderNotFound
-from meshbridge._config import load_config
-from meshbridge._service import Service
+from meshbridge.service import Service, load_config
 
 BODY = {"model": "fake-small", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
 
@@ -36,7 +35,7 @@ async def started(tmp_path: Path) -> AsyncIterator[tuple[Service, Path]]:
     service = Service(load_config(path), port=0)
     await service.start()
     yield service, path
-    await service.stop()
+    await service.aclose()
 
 
 def reloads(service: Service, result: str) -> float:

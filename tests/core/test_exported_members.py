@@ -4,7 +4,8 @@ import meshbridge
 def test_all_is_the_public_namespace() -> None:
     public = {name for name in dir(meshbridge) if not name.startswith("_")}
     # submodules and re-imported helpers are not part of the API
-    public -= {"annotations"}
+    # the layers built on the core appear here once imported; they are not its API
+    public -= {"annotations", "providers", "service"}
     assert set(meshbridge.__all__) == public
 
 

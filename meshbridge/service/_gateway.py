@@ -34,10 +34,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from meshbridge import MeshError, MissingAPIKeyID, ProviderNotFound, use_api_key_id, use_source
+
 from ._config import ClientConfig
-from ._exceptions import MeshError, MissingAPIKeyID, ProviderNotFound
 from ._reload import Reloader
-from ._source import use_api_key_id, use_source
 
 __all__ = ["Gateway"]
 

@@ -4,7 +4,7 @@ stopped as one, and the process around it (signals, pid file).
 Stopping (SIGTERM, SIGINT, or the end of ``async with``): ``/readyz`` turns
 503, the listener stops accepting, in-flight requests get the grace period
 to finish and are then cancelled, and the providers shut down. SIGHUP
-reloads the config (see :class:`~meshbridge._reload.Reloader`).
+reloads the config (see :class:`Reloader`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from types import TracebackType
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from meshbridge import Mesh
+
 from ._config import Config
-from ._mesh import Mesh
+from ._gateway import Gateway
 from ._reload import Reloader
-from ._server import Gateway
 
 __all__ = ["Service", "pid_file_for", "serve_until_signalled"]
 
@@ -96,7 +97,7 @@ class Service:
         self._runner = runner
         self.gateway.ready = True
 
-    async def stop(self) -> None:
+    async def aclose(self) -> None:
         """Stop accepting, let in-flight requests finish for the grace period,
         cancel the rest, and shut the providers down."""
         self.gateway.ready = False
@@ -117,7 +118,7 @@ class Service:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.stop()
+        await self.aclose()
 
 
 async def serve_until_signalled(service: Service, stopped: asyncio.Event | None = None) -> None:

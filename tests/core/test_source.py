@@ -19,7 +19,7 @@ from meshbridge import (
     use_source,
 )
 
-from .conftest import MeshFactory, app_with
+from ..helpers import MeshFactory, app_with
 
 
 async def whoami(request: web.Request) -> web.Response:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from meshbridge import Mesh
 
-from .conftest import MeshFactory, app_with
+from ..helpers import MeshFactory, app_with
 
 
 async def echo(request: web.Request) -> web.Response:

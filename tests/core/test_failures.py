@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from .conftest import MeshFactory, app_with
+from ..helpers import MeshFactory, app_with
 
 
 async def fails_early(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .conftest import MeshFactory, app_with
+from ..helpers import MeshFactory, app_with
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024

@@ -7,24 +7,28 @@ start, the running table stays as it was, the errors are logged, and
 running finish on the old apps. Providers whose kind, options and
 ``require_api_key_id`` did not change keep their running app (and its
 upstream connections); only changed or new ones are built and started.
+
+A :class:`Reloader` is the one path from a config to a mesh: ``serve``,
+``demo`` and :meth:`meshbridge.Mesh.from_config` all register a config's
+providers through :meth:`Reloader.install`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Iterator, Mapping
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
 
-from ._config import Config, ConfigError, ProviderConfig, load_config
+from meshbridge import ConfigError, Mesh
 
-if TYPE_CHECKING:
-    from ._mesh import Mesh
+from ._config import Config, ProviderConfig, load_config
 
-__all__ = ["Reloader"]
+__all__ = ["Reloader", "mesh_from_config"]
 
 log = logging.getLogger("meshbridge")
 
@@ -35,6 +39,33 @@ def _same(a: ProviderConfig, b: ProviderConfig) -> bool:
         and a.require_api_key_id == b.require_api_key_id
         and a.plan.options == b.plan.options
     )
+
+
+class _ReloadMetrics:
+    """``meshbridge_config_reloads_total{result}``: plain numbers behind a
+    collector, as the core's metrics are."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.success = 0
+        self.failure = 0
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        family.add_metric(["success"], self.success)
+        family.add_metric(["failure"], self.failure)
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "meshbridge_config_reloads",
+            "Config reloads, by result (success, failure).",
+            labels=["result"],
+        )
 
 
 class Reloader:
@@ -49,28 +80,17 @@ class Reloader:
     def __init__(
         self, mesh: Mesh, config: Config, *, environ: Mapping[str, str] | None = None
     ) -> None:
-        from providers import TokenMetrics
-
         self.mesh = mesh
         self.config = config
         self._environ = environ
         self._apps: dict[str, web.Application] = {}
         self._lock = asyncio.Lock()
-        # One reloader per mesh owns the mesh's token metrics and reload counter.
-        self._metrics = TokenMetrics(mesh.registry)
-        self._counter = Counter(
-            "meshbridge_config_reloads",
-            "Config reloads, by result (success, failure).",
-            ["result"],
-            registry=mesh.registry,
-        )
-        for result in ("success", "failure"):
-            self._counter.labels(result)  # both series exist from the start, at 0
+        self._reloads = _ReloadMetrics(mesh.registry)
 
     def install(self) -> None:
         """Register the providers of :attr:`config` on the (not yet started) mesh."""
         for name, provider in self.config.providers.items():
-            app = self._apps[name] = self.config.build(name, self._metrics)
+            app = self._apps[name] = self.config.build(name)
             self.mesh.register(name, app, require_api_key_id=provider.require_api_key_id)
 
     async def reload(self) -> bool:
@@ -85,7 +105,7 @@ class Reloader:
             try:
                 config = load_config(path, self._environ)
             except ConfigError as exc:
-                self._counter.labels("failure").inc()
+                self._reloads.failure += 1
                 log.error("config reload rejected, the running table is unchanged:\n%s", exc)
                 return False
             apps: dict[str, web.Application] = {}
@@ -94,17 +114,36 @@ class Reloader:
                 if old is not None and name in self._apps and _same(old, provider):
                     apps[name] = self._apps[name]
                 else:
-                    apps[name] = config.build(name, self._metrics)
+                    apps[name] = config.build(name)
             require = {n for n, p in config.providers.items() if p.require_api_key_id}
             try:
                 await self.mesh.reconfigure(apps, require_api_key_id=require)
             except Exception:
-                self._counter.labels("failure").inc()
+                self._reloads.failure += 1
                 log.exception("config reload failed to start, the running table is unchanged")
                 return False
             if config.server.listen != self.config.server.listen:
                 log.warning("server.listen changed in %s: restart to apply it", path)
             self.config, self._apps = config, apps
-            self._counter.labels("success").inc()
+            self._reloads.success += 1
             log.info("config reloaded from %s: providers %s", path, ", ".join(apps))
             return True
+
+
+def mesh_from_config(
+    path: str | os.PathLike[str],
+    *,
+    registry: CollectorRegistry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Mesh:
+    """A new mesh with every provider of the config file ``path`` registered
+    (what :meth:`meshbridge.Mesh.from_config` calls, through the
+    ``meshbridge.config`` entry point).
+
+    Raises:
+        ConfigError: the file cannot be read or has errors; nothing is built.
+    """
+    config = load_config(path, environ)
+    mesh = Mesh(registry=registry, grace_period=config.server.grace_period)
+    Reloader(mesh, config, environ=environ).install()
+    return mesh

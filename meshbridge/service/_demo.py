@@ -1,13 +1,14 @@
 """``meshbridge demo``: the service on fake providers, under a live workload.
 
-It serves a built-in config (two fake providers, ``local`` speaking the
-OpenAI shape and ``local-anthropic`` the Anthropic one; no key, no network)
-exactly as ``meshbridge serve`` would, then keeps a workload running until
-``--duration`` ends or Ctrl-C:
+It serves a built-in config (two fake providers, ``local`` and
+``local-anthropic``; no key, no network) exactly as ``meshbridge serve``
+would, then keeps a workload running until ``--duration`` ends or Ctrl-C:
 
 * in-process agents with the Sources ``agents``, ``api`` and ``batch`` stream
-  completions through ``mesh.session()``; every fifth ``agents`` stream is
-  closed early by its caller (a cancellation);
+  completions through ``mesh.session()``, in both wire formats the fake
+  speaks (OpenAI chat completions and Anthropic messages, taking turns; a
+  provider of kind ``openai`` or ``anthropic`` gets its own format only);
+  every fifth ``agents`` stream is closed early by its caller (a cancellation);
 * the fake providers fail every Nth generation on purpose (handler errors,
   500s);
 * an outside caller goes through the gated HTTP route with the demo token,
@@ -34,9 +35,11 @@ from typing import Any, Final, TextIO
 
 import aiohttp
 
+from meshbridge import Source
+from meshbridge.providers.fake import FakeOptions
+
 from ._config import Config, load_config
 from ._service import Service, serve_until_signalled
-from ._source import Source
 
 __all__ = ["BUILTIN_CONFIG", "Demo"]
 
@@ -120,11 +123,21 @@ def _is_token(line: bytes) -> bool:
     )
 
 
-def _is_anthropic(provider: str, config: Config) -> bool:
+def _wire(config: Config, provider: str, turn: int) -> str:
+    """The wire format of a provider's ``turn``-th request: its kind's own, or,
+    for a fake provider (which speaks both), each in turn."""
     kind = config.providers[provider].kind
-    return kind == "anthropic" or (
-        kind == "fake" and ("anthropic" in provider or "claude" in provider)
-    )
+    if kind in ("openai", "anthropic"):
+        return kind
+    return ("openai", "anthropic")[turn % 2]
+
+
+def _model(config: Config, provider: str, wire: str) -> str:
+    """A model the provider lists (so its tokens keep their label)."""
+    options = config.providers[provider].plan.options
+    if isinstance(options, FakeOptions) and options.models:
+        return options.models[0]
+    return "fake-claude" if wire == "anthropic" else "fake-small"
 
 
 class Demo:
@@ -146,12 +159,14 @@ class Demo:
     def row(self, provider: str, source: str, route: str) -> Row:
         return self.rows.setdefault((provider, source, route), Row())
 
-    def _request(self, provider: str, n: int, max_tokens: int, stream: bool) -> tuple[str, Any]:
+    def _request(
+        self, provider: str, wire: str, n: int, max_tokens: int, stream: bool
+    ) -> tuple[str, Any]:
         messages = [{"role": "user", "content": f"request {n}: tell me about the mesh"}]
-        if _is_anthropic(provider, self.service.reloader.config):
-            body = {"model": "fake-claude", "max_tokens": max_tokens, "messages": messages}
+        model = _model(self.service.reloader.config, provider, wire)
+        body = {"model": model, "max_tokens": max_tokens, "messages": messages}
+        if wire == "anthropic":
             return "/v1/messages", {**body, "stream": stream}
-        body = {"model": "fake-small", "max_tokens": max_tokens, "messages": messages}
         if stream:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
         return "/v1/chat/completions", body
@@ -161,6 +176,7 @@ class Demo:
         session: aiohttp.ClientSession,
         base: str,
         provider: str,
+        wire: str,
         row: Row,
         n: int,
         *,
@@ -169,7 +185,7 @@ class Demo:
         stop_after: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        path, body = self._request(provider, n, max_tokens, stream)
+        path, body = self._request(provider, wire, n, max_tokens, stream)
         started = time.perf_counter()
         tokens = 0
         row.requests += 1
@@ -200,15 +216,21 @@ class Demo:
         finally:
             row.tokens += tokens
 
+    def _pick(self, n: int) -> tuple[str, str]:
+        """The provider and wire format of the ``n``-th call of a caller."""
+        count = len(self.providers)
+        provider = self.providers[n % count]
+        return provider, _wire(self.service.reloader.config, provider, n // count)
+
     async def agent(self, source: str, worker: int, max_tokens: int, cancel_every: int) -> None:
         """One in-process caller, streaming through the mesh with ``source``."""
         async with self.service.mesh.session(source=Source(source)) as session:
             for n in range(worker, 1 << 62):
-                provider = self.providers[n % len(self.providers)]
+                provider, wire = self._pick(n)
                 stop = 3 if cancel_every and n % cancel_every == 0 else None
-                row = self.row(provider, source, "mesh")
+                row = self.row(provider, source, f"mesh/{wire}")
                 await self._call(
-                    session, f"http://{provider}", provider, row, n,
+                    session, f"http://{provider}", provider, wire, row, n,
                     max_tokens=max_tokens, stop_after=stop,
                 )  # fmt: skip
                 await asyncio.sleep(0.02)
@@ -218,15 +240,17 @@ class Demo:
         base = self.service.url
         async with aiohttp.ClientSession() as session:
             for n in range(1 << 62):
-                provider = self.providers[n % len(self.providers)]
+                provider, wire = self._pick(n)
                 if n % 5 == 4 or self.client is None:
                     async with session.get(f"{base}/{provider}/v1/models") as response:
                         self.rejected += response.status == 401
                 else:
-                    row = self.row(provider, self.client.source, "http")
+                    row = self.row(provider, self.client.source, f"http/{wire}")
+                    # every provider and wire format gets streams and plain answers
+                    stream = n // (4 * len(self.providers)) % 2 == 0
                     await self._call(
-                        session, f"{base}/{provider}", provider, row, n,
-                        max_tokens=8, stream=n % 2 == 0,
+                        session, f"{base}/{provider}", provider, wire, row, n,
+                        max_tokens=8, stream=stream,
                         headers={"Authorization": f"Bearer {self.client.token}"},
                     )  # fmt: skip
                 await asyncio.sleep(_OUTSIDE_EVERY)

@@ -11,7 +11,7 @@ from aiohttp import web
 from meshbridge import Mesh, MeshNotRunning, ProviderNotFound
 from meshbridge._routing import Router, check_name
 
-from .conftest import MeshFactory, app_with
+from ..helpers import MeshFactory, app_with
 
 
 @pytest.mark.parametrize("name", ["openai", "a", "gpt-4o", "x1-y2-z3"])

@@ -5,6 +5,7 @@ meshbridge routes CONFIG     print the router table: name, kind, upstream, optio
 meshbridge serve CONFIG      serve the providers over HTTP (SIGHUP reloads)
 meshbridge reload CONFIG     make the running `serve` of CONFIG reload it
 meshbridge demo              fake providers under a live workload, /metrics on --listen
+meshbridge kinds             list the installed provider kinds
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._config import ConfigError, load_config, parse_listen
+from meshbridge import ConfigError
+from meshbridge.providers import kinds
+
+from ._config import load_config, parse_listen
+from ._demo import run_demo
+from ._service import Service, pid_file_for, serve_until_signalled
 
 __all__ = ["main"]
 
@@ -78,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         help="stop after this long (default: Ctrl-C)",
     )
     demo.add_argument("--access-log", action="store_true", help="log every outside request")
+    commands.add_parser("kinds", help="list the installed provider kinds")
     return parser
 
 
@@ -119,9 +126,13 @@ def routes(config: Path) -> int:
     return 0
 
 
-async def _serve(config: Path, listen: tuple[str, int] | None) -> int:
-    from ._service import Service, serve_until_signalled
+def list_kinds() -> int:
+    for name, kind in kinds().items():
+        print(f"{name:<12} {kind.summary}")
+    return 0
 
+
+async def _serve(config: Path, listen: tuple[str, int] | None) -> int:
     try:
         loaded = load_config(config)
     except ConfigError as exc:
@@ -138,14 +149,12 @@ async def _serve(config: Path, listen: tuple[str, int] | None) -> int:
             log.warning("no [server.clients]: every /<provider>/ request will get 401")
         await serve_until_signalled(service)
     finally:
-        await service.stop()
+        await service.aclose()
     log.info("stopped")
     return 0
 
 
 def reload(config: Path | None, pid: int | None) -> int:
-    from ._service import pid_file_for
-
     if pid is None:
         if config is None:
             print("meshbridge reload: give CONFIG (the file `serve` runs) or --pid")
@@ -187,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_serve(args.config, args.listen))
     if args.command == "reload":
         return reload(args.config, args.pid)
-    from ._demo import run_demo
+    if args.command == "kinds":
+        return list_kinds()
 
     if not args.access_log:
         logging.getLogger("meshbridge.access").setLevel(logging.WARNING)

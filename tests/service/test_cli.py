@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshbridge._cli import main
+from meshbridge.service import main
 
 GOOD = """
 [server]
@@ -213,7 +213,11 @@ async def test_demo_feeds_every_metric_family(
     assert await process.wait() == 0
     out = text(log)
     assert re.search(r"^provider\s+source\s+via\s+requests\s+errors", out, re.MULTILINE)
+    # every provider gets both wire formats; streams show a time to first token
+    # (the column after p50 and p95), so no row of streamed calls shows "-"
     for provider in ("local", "local-anthropic"):
-        for source in ("agents", "api", "batch"):
-            assert re.search(rf"^{provider}\s+{source}\s+mesh\s+\d+", out, re.MULTILINE)
-    assert re.search(r"^local\s+api\s+http\s+\d+", out, re.MULTILINE)
+        for wire in ("openai", "anthropic"):
+            for source in ("agents", "api", "batch"):
+                row = rf"^{provider}\s+{source}\s+mesh/{wire}(\s+\d+){{5}}\s+\d+\s"
+                assert re.search(row, out, re.MULTILINE), (provider, wire, source)
+    assert re.search(r"^local\s+api\s+http/openai\s+\d+", out, re.MULTILINE)

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import MeshFactory, app_with, other_tasks, settle
+from ..helpers import MeshFactory, app_with, other_tasks, settle
 
 
 class Endless:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshbridge import Mesh
 
-from .conftest import MeshFactory, app_with, settle
+from ..helpers import MeshFactory, app_with, settle
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

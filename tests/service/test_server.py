@@ -14,8 +14,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from meshbridge._config import load_config
-from meshbridge._service import Service
+from meshbridge.service import Service, load_config
 
 ServiceFactory = Callable[[str], Coroutine[Any, Any, Service]]
 
@@ -66,7 +65,7 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
 
     yield start
     for service in services:
-        await service.stop()
+        await service.aclose()
 
 
 def requests(service: Service, provider: str, **labels: str) -> float:
@@ -242,7 +241,7 @@ async def test_stopping_lets_in_flight_streams_finish(serve: ServiceFactory) -> 
         session.post(url, json={**CHAT, "stream": True}) as response,
     ):
         first = await response.content.readline()
-        stopping = asyncio.create_task(service.stop())
+        stopping = asyncio.create_task(service.aclose())
         rest = await response.read()
         await stopping
     assert first.startswith(b"data: ")

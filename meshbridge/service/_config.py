@@ -1,7 +1,7 @@
 """Provider routing configs: a TOML file read into a router table, all or nothing.
 
-A config names each provider instance, its kind (a module of the top-level
-``providers`` package) and that kind's options; an optional ``[server]``
+A config names each provider instance, its kind (one of
+:func:`meshbridge.providers.kinds`) and that kind's options; an optional ``[server]``
 table configures ``meshbridge serve``::
 
     [server]
@@ -27,19 +27,22 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
 
-from ._routing import check_name
-from ._source import Source, check_api_key_id
+from meshbridge import ConfigError, Source, check_api_key_id, check_provider_name
+from meshbridge.providers import Kind, OptionReader, Plan, ProviderContext, kinds
 
-if TYPE_CHECKING:
-    from providers import OptionError, OptionReader, Plan, TokenMetrics
-
-    from ._mesh import Mesh
-
-__all__ = ["ClientConfig", "Config", "ConfigError", "ProviderConfig", "ServerConfig", "load_config"]
+__all__ = [
+    "ClientConfig",
+    "Config",
+    "ProviderConfig",
+    "ServerConfig",
+    "load_config",
+    "parse_config",
+    "parse_listen",
+]
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
 _LISTEN_RE: Final = re.compile(
@@ -48,20 +51,7 @@ _LISTEN_RE: Final = re.compile(
 _MIN_TOKEN_LEN: Final = 8
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file has errors; ``errors`` lists each as ``(key path, message)``."""
-
-    def __init__(self, path: str | os.PathLike[str], errors: list[tuple[str, str]]) -> None:
-        self.path = str(path)
-        self.errors = tuple(errors)
-        super().__init__("\n".join(self.lines()))
-
-    def lines(self) -> list[str]:
-        """One line per error: ``FILE: KEY.PATH: what is wrong``."""
-        return [f"{self.path}: {where}: {what}" if where else f"{self.path}: {what}"
-                for where, what in self.errors]  # fmt: skip
+Problems = list[tuple[str, str]]  # (key path, what is wrong), as ConfigError lists them
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,22 +101,9 @@ class Config:
     server: ServerConfig
     providers: Mapping[str, ProviderConfig]
 
-    def build(self, name: str, metrics: TokenMetrics) -> web.Application:
-        """A new app for provider ``name``, counting its tokens in ``metrics``."""
-        from providers import ProviderContext
-
-        return self.providers[name].plan.build(ProviderContext(name, metrics))
-
-    def register(self, mesh: Mesh) -> TokenMetrics:
-        """Register every provider of this config on ``mesh``; return the token
-        metrics made for it (on ``mesh.registry``), which they share."""
-        from providers import TokenMetrics
-
-        metrics = TokenMetrics(mesh.registry)
-        for name, provider in self.providers.items():
-            app = self.build(name, metrics)
-            mesh.register(name, app, require_api_key_id=provider.require_api_key_id)
-        return metrics
+    def build(self, name: str) -> web.Application:
+        """A new app for provider ``name``."""
+        return self.providers[name].plan.build(ProviderContext(name))
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:
@@ -137,9 +114,7 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     return match["v6"] or match["host"], int(match["port"])
 
 
-def _server(reader: OptionReader, errors: list[OptionError]) -> ServerConfig:
-    from providers import OptionReader
-
+def _server(reader: OptionReader, errors: Problems) -> ServerConfig:
     d = ServerConfig()
     listen = reader.string("listen", DEFAULT_LISTEN)
     address = parse_listen(listen)
@@ -151,7 +126,7 @@ def _server(reader: OptionReader, errors: list[OptionError]) -> ServerConfig:
     for name, raw in (reader.table("clients") or {}).items():
         where = reader.key(f"clients.{name}")
         if not isinstance(raw, Mapping):
-            errors.append(_error(where, "expected a table with token or token_env, and source"))
+            errors.append((where, "expected a table with token or token_env, and source"))
             continue
         client = OptionReader(raw, where, environ=reader.environ, errors=errors)
         literal = client.string("token", "")
@@ -191,31 +166,24 @@ def _checked(reader: OptionReader, key: str, check: Callable[[str], T], value: s
         return None
 
 
-def _provider(name: str, reader: OptionReader) -> ProviderConfig | None:
-    from providers import KINDS
-
+def _provider(
+    name: str, reader: OptionReader, known: Mapping[str, Kind[Any]]
+) -> ProviderConfig | None:
     try:
-        check_name(name)
+        check_provider_name(name)
     except ValueError as exc:
         reader.error("", str(exc))
         return None
     kind_name = reader.string("kind", "")
     require = reader.boolean("require_api_key_id", False)
-    kind = KINDS.get(kind_name)
+    kind = known.get(kind_name)
     if kind is None:
-        known = ", ".join(sorted(KINDS))
         got = f"got {kind_name!r}" if kind_name else "it is missing"
-        reader.error("kind", f"expected one of: {known}; {got}")
+        reader.error("kind", f"expected one of: {', '.join(known)}; {got}")
         return None
     plan = kind.prepare(reader)
     reader.check_unknown()
     return ProviderConfig(name, kind_name, plan, require)
-
-
-def _error(path: str, message: str) -> OptionError:
-    from providers import OptionError
-
-    return OptionError(path, message)
 
 
 def parse_config(
@@ -224,28 +192,28 @@ def parse_config(
     environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Validate a config already read from TOML (see :func:`load_config`)."""
-    from providers import OptionReader
-
     environ = os.environ if environ is None else environ
-    errors: list[OptionError] = []
+    errors: Problems = []
     top = OptionReader(data, "", environ=environ, errors=errors)
     server_table = top.table("server") or {}
     server = _server(OptionReader(server_table, "server", environ=environ, errors=errors), errors)
     providers: dict[str, ProviderConfig] = {}
     tables = top.table("providers")
     if not tables:
-        errors.append(_error("providers", "expected at least one [providers.NAME] table"))
+        errors.append(("providers", "expected at least one [providers.NAME] table"))
+    known = kinds()
     for name, raw in (tables or {}).items():
         where = f"providers.{name}"
         if not isinstance(raw, Mapping):
-            errors.append(_error(where, "expected a table with kind = ... and its options"))
+            errors.append((where, "expected a table with kind = ... and its options"))
             continue
-        provider = _provider(name, OptionReader(raw, where, environ=environ, errors=errors))
+        reader = OptionReader(raw, where, environ=environ, errors=errors)
+        provider = _provider(name, reader, known)
         if provider is not None:
             providers[name] = provider
     top.check_unknown()
     if errors:
-        raise ConfigError(path, [(e.path, e.message) for e in errors])
+        raise ConfigError(errors, path)
     return Config(Path(path), server, providers)
 
 
@@ -264,7 +232,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         with open(path, "rb") as file:
             data = tomllib.load(file)
     except OSError as exc:
-        raise ConfigError(path, [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+        raise ConfigError([("", f"cannot read the file: {exc.strerror or exc}")], path) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [("", f"not valid TOML: {exc}")]) from None
+        raise ConfigError([("", f"not valid TOML: {exc}")], path) from None
     return parse_config(data, path, environ)

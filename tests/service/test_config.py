@@ -202,7 +202,7 @@ def test_the_examples_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> N
         "ANTHROPIC_API_KEY",
     ):
         monkeypatch.setenv(variable, f"value-of-{variable.lower()}")
-    mesh = Mesh.from_config(Path(__file__).parent.parent / "examples" / name)
+    mesh = Mesh.from_config(Path(__file__).parents[2] / "examples" / name)
     assert "local" in mesh.providers
 
 

@@ -1,0 +1,5 @@
+"""``python -m meshbridge.service``: the ``meshbridge`` command."""
+
+from ._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Token usage of LLM providers, counted in the mesh's metrics.
+
+A provider app reports each request's usage once, when it ends (also when it
+ends early), with :func:`report`: the mesh counts it in
+``meshbridge_tokens_total{provider, source, model, type}`` and
+``meshbridge_time_to_first_token_seconds{provider, source, model}``, on its
+own registry (see :func:`meshbridge.record_tokens`). Model names come from
+callers and upstreams, so they are bounded: with an allow-list (a provider's
+``models`` option) every other name is ``other``; without one, the first
+``max_models`` names an app sees keep their label and later ones are ``other``
+(and the mesh caps every provider's model labels on its own as well).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+
+from meshbridge import record_tokens
+
+__all__ = ["ModelLabels", "Usage", "report"]
+
+OTHER: Final = "other"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts of one request, as the upstream reported them.
+
+    ``input`` counts prompt tokens billed at the full rate; tokens read from
+    or written to a prompt cache are counted apart.
+    """
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+
+class ModelLabels:
+    """Maps model names to a bounded set of label values for one provider app."""
+
+    __slots__ = ("_seen", "allow", "max_models")
+
+    def __init__(self, allow: Iterable[str] = (), max_models: int = 20) -> None:
+        self.allow = frozenset(allow)
+        self.max_models = max_models
+        self._seen: set[str] = set()
+
+    def label(self, model: str | None) -> str | None:
+        """The label for ``model`` (None when there is none: the mesh says ``unknown``)."""
+        if not model:
+            return None
+        if self.allow:
+            return model if model in self.allow else OTHER
+        if model in self._seen:
+            return model
+        if len(self._seen) < self.max_models:
+            self._seen.add(model)
+            return model
+        return OTHER
+
+
+def report(
+    request: web.BaseRequest,
+    labels: ModelLabels,
+    model: str | None,
+    usage: Usage,
+    first_token: float | None = None,
+) -> None:
+    """Count one request's tokens (and its time to first token, for a stream)."""
+    record_tokens(
+        request,
+        labels.label(model),
+        input=usage.input,
+        output=usage.output,
+        cache_read=usage.cache_read,
+        cache_write=usage.cache_write,
+        first_token=first_token,
+    )

@@ -1,0 +1,140 @@
+"""The three layers point one way: core <- providers <- service.
+
+Checked three ways: the import statements of every module (wherever they
+stand: top level, inside functions, under TYPE_CHECKING), what a fresh
+interpreter has loaded after ``import meshbridge``, and the names the built
+wheel installs.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "meshbridge"
+UPPER = ("meshbridge.providers", "meshbridge.service")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, relative imports resolved."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def layer_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def core_files() -> list[Path]:
+    return [
+        p
+        for p in layer_files(PACKAGE)
+        if p.relative_to(PACKAGE).parts[0] not in {"providers", "service"}
+    ]
+
+
+def is_under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_the_core_imports_neither_the_providers_nor_the_service() -> None:
+    wrong = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in core_files()
+        for name in imports(path)
+        if is_under(name, (*UPPER, "providers", "tomllib"))
+    }
+    assert not wrong
+
+
+def test_the_providers_use_the_cores_public_names_and_not_the_service() -> None:
+    wrong = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in layer_files(PACKAGE / "providers")
+        for name in imports(path)
+        if is_under(name, ("meshbridge.service", "providers"))
+        or (name.startswith("meshbridge._") and not name.startswith("meshbridge.providers"))
+    }
+    assert not wrong
+
+
+def test_the_service_uses_the_public_names_of_the_layers_below() -> None:
+    wrong = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in layer_files(PACKAGE / "service")
+        for name in imports(path)
+        if name.startswith(("meshbridge._", "meshbridge.providers._", "providers"))
+    }
+    assert not wrong
+
+
+def test_importing_the_core_loads_no_other_layer_and_no_toml_parser() -> None:
+    script = "import sys, meshbridge; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    assert "meshbridge" in loaded
+    assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib"))]
+
+
+def test_the_wheel_installs_the_meshbridge_package_only(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".venv*", ".git", "*cache*", "build", "*.egg-info"),
+    )
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    subprocess.run([*pip, "-w", str(tmp_path), str(source)], check=True, env=env)
+    (wheel,) = tmp_path.glob("meshbridge-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+        declared = archive.read(top_level).decode().split()
+    installed = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert installed == {"meshbridge"}
+    assert declared == ["meshbridge"]
+    # the provider kinds and the service are inside it, as subpackages
+    assert "meshbridge/providers/fake.py" in names
+    assert "meshbridge/service/_cli.py" in names
+
+
+@pytest.mark.parametrize(
+    "command", [["-m", "meshbridge", "kinds"], ["-m", "meshbridge.service", "kinds"]]
+)
+def test_python_dash_m_runs_the_command(command: list[str]) -> None:
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, check=True)
+    assert {line.split()[0] for line in result.stdout.splitlines()} == {
+        "anthropic",
+        "fake",
+        "openai",
+    }
