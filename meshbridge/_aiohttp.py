@@ -12,6 +12,8 @@ An aiohttp upgrade should touch this file only. What we rely on:
 * ``http_writer.StreamWriter``: subclassed to learn the status, body size and
   end of each response, exactly where aiohttp's server writes them.
 * ``StreamReader.total_bytes``: the request body bytes a provider received.
+* ``web.Application._handler_args``: what an app asked of its server
+  (``handler_args=``), read to honour an access log it configured.
 
 The pinned range in pyproject.toml is the range these are tested against.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import BaseConnector, ClientRequest, web
 from aiohttp.client_proto import ResponseHandler
@@ -29,7 +31,9 @@ from aiohttp.http_writer import StreamWriter
 from ._exchange import EXCHANGE, Exchange
 from ._pipe import PipeEnd
 
-__all__ = ["ConnectorBase", "ResponseHandler", "observe_server"]
+__all__ = ["ConnectorBase", "ResponseHandler", "configures_access_log", "observe_server"]
+
+_ACCESS_LOG_ARGS: Final = frozenset({"access_log", "access_log_class", "access_log_format"})
 
 # Finds the Exchange for a request arriving on a server protocol (or None for
 # traffic that did not come through the mesh's connector).
@@ -70,6 +74,12 @@ class _ObservedWriter(StreamWriter):
         transport = self.transport
         if isinstance(transport, PipeEnd):
             transport.when_flushed(self._exchange.body_delivered)
+
+
+def configures_access_log(app: web.Application) -> bool:
+    """Whether ``app`` set up its own access log through ``handler_args``."""
+    handler_args = app._handler_args or {}
+    return not _ACCESS_LOG_ARGS.isdisjoint(handler_args)
 
 
 def observe_server(server: web.Server, bind: Bind) -> None:

@@ -8,6 +8,8 @@ Every error is a :class:`MeshError`, and a ``MeshError`` is an
     └── aiohttp.ClientConnectionError
         └── MeshError                 the mesh cannot carry this request
             ├── ProviderNotFound      no provider is registered under that name
+            │                         (also an aiohttp.ClientConnectorError, as
+            │                         an unresolvable host is over TCP)
             ├── MissingAPIKeyID       the provider requires a delegated API key id
             └── MeshNotRunning        the mesh is not started, or is closing
 
@@ -22,8 +24,10 @@ has one error type of its own, raised before anything is built::
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import aiohttp
 
@@ -34,14 +38,36 @@ class MeshError(aiohttp.ClientConnectionError):
     """The mesh cannot carry a request."""
 
 
-class ProviderNotFound(MeshError):
-    """No provider is registered under the requested name."""
+class _Destination(NamedTuple):
+    """What ``aiohttp.ClientConnectorError`` reads of a connection key."""
+
+    host: str
+    port: int | None
+    ssl: bool
+
+
+class ProviderNotFound(MeshError, aiohttp.ClientConnectorError):
+    """No provider is registered under the requested name.
+
+    Also an ``aiohttp.ClientConnectorError`` (an ``OSError`` with
+    ``EHOSTUNREACH``): code written for TCP catches it where it catches an
+    unresolvable host.
+    """
 
     def __init__(self, name: str, known: Iterable[str]) -> None:
         self.name = name
         self.known = tuple(sorted(known))
         listed = ", ".join(repr(k) for k in self.known) or "none"
-        super().__init__(f"no provider named {name!r} in the mesh (known providers: {listed})")
+        message = f"no provider named {name!r} in the mesh (known providers: {listed})"
+        aiohttp.ClientConnectorError.__init__(
+            self,
+            _Destination(name, None, False),  # type: ignore[arg-type]  # duck-typed key
+            OSError(errno.EHOSTUNREACH, message),
+        )
+        self._message = message
+
+    def __str__(self) -> str:
+        return self._message
 
 
 class MissingAPIKeyID(MeshError):

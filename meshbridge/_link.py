@@ -74,11 +74,15 @@ class Link:
         return exchange
 
     def _closed(self, by_client: bool) -> Exception | None:
+        # What the caller's protocol is told. A provider that closes before its
+        # response began is a clean close, so aiohttp raises
+        # ServerDisconnectedError, as over TCP; once the response began, the
+        # caller's read fails with ClientPayloadError, which carries our reason.
         error: Exception | None = None
         for exchange in self._open:
             if not exchange.finished:
                 exchange.connection_closed(by_caller=by_client)
-                if not by_client and exchange.outcome == ERROR:
+                if not by_client and exchange.outcome == ERROR and exchange.status:
                     error = ConnectionResetError(
                         f"provider {exchange.provider!r} closed the connection before the "
                         "end of the response" + (" (its handler raised)" if exchange.failed else "")

@@ -22,7 +22,14 @@ resumes it. A peer that calls ``pause_reading()`` gets nothing until it calls
 ``resume_reading()``, so a slow reader holds back the writer and what the pipe
 holds stays near ``high_water`` plus one write.
 
-Rule 4, close. ``close()`` on an end stops its writes; bytes it already queued
+Rule 4, bounded delivery. Bytes reach the peer in pieces of at most
+``MAX_PIECE``, and the peer's pause is honoured between any two pieces, so a
+single large write (a 50 MB body) is handed over only as fast as the reader
+takes it, as a socket would: what a paused reader has been given stays within
+its own high-water mark plus one piece. The queue holds the writer's bytes by
+reference (a ``bytes`` object is immutable; anything else is copied once).
+
+Rule 5, close. ``close()`` on an end stops its writes; bytes it already queued
 are still delivered, then both protocols get ``connection_lost``. Until its
 ``connection_lost`` runs, the other end still accepts writes and drops them,
 as a socket does when its peer has gone. ``abort()``
@@ -42,6 +49,7 @@ __all__ = ["Pipe", "PipeEnd", "PipeStats"]
 
 HIGH_WATER: Final = 64 * 1024
 LOW_WATER: Final = 16 * 1024
+MAX_PIECE: Final = 64 * 1024  # the most handed to data_received at once (Rule 4)
 
 # Told which end closed first (True for the client end); returns the exception
 # the *other* end's protocol gets in connection_lost (None for a clean close).
@@ -66,7 +74,7 @@ class Pipe:
         owner: any object the creator wants to find from a transport
             (``transport.pipe.owner``); the pipe never looks at it.
         client_extra / server_extra: what each end's ``get_extra_info`` returns.
-        on_close: see Rule 4.
+        on_close: see Rule 5.
         stats: where queued bytes are counted, if anywhere.
     """
 
@@ -156,7 +164,7 @@ class PipeEnd(asyncio.Transport):
         self.pipe = pipe
         self._high = high
         self._low = low
-        self._queue: deque[bytes] = deque()  # written here, not yet delivered to the peer
+        self._queue: deque[bytes | memoryview] = deque()  # written, not yet delivered
         self._queued = 0
         self._reading = True  # our protocol accepts data
         self._delivering = False  # our protocol is inside data_received
@@ -175,11 +183,21 @@ class PipeEnd(asyncio.Transport):
             return  # the other end has closed: nobody will read this
         chunk = data if type(data) is bytes else bytes(data)
         if not self._queue and peer._reading and not peer._delivering:
-            peer._receive(chunk)
+            if len(chunk) <= MAX_PIECE:
+                peer._receive(chunk)  # the usual case: one small write, no hop
+                return
+            view = memoryview(chunk)
+            offset = 0
+            while offset < len(view) and peer.is_reading() and not self.pipe.closed:
+                peer._receive(bytes(view[offset : offset + MAX_PIECE]))
+                offset += MAX_PIECE
+            if offset >= len(view) or self.pipe.closed:
+                return
+            self._enqueue(view[offset:])
         else:
             self._enqueue(chunk)
 
-    def _enqueue(self, chunk: bytes) -> None:
+    def _enqueue(self, chunk: bytes | memoryview) -> None:
         self._queue.append(chunk)
         size = len(chunk)
         self._queued += size
@@ -207,9 +225,13 @@ class PipeEnd(asyncio.Transport):
         stats = self.pipe._stats
         while queue and peer._reading and not peer._delivering and not self.pipe.closed:
             chunk = queue.popleft()
+            if len(chunk) > MAX_PIECE:
+                view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
+                queue.appendleft(view[MAX_PIECE:])
+                chunk = view[:MAX_PIECE]
             self._queued -= len(chunk)
             stats.buffered -= len(chunk)
-            peer._receive(chunk)
+            peer._receive(chunk if type(chunk) is bytes else bytes(chunk))
         if self.pipe.closed:
             return
         if self._writing_paused and self._queued <= self._low:

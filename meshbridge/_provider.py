@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
-from ._aiohttp import observe_server
+from ._aiohttp import configures_access_log, observe_server
 from ._exceptions import MeshError
 from ._link import Link, exchange_for
 from ._pipe import PipeStats
@@ -78,14 +78,17 @@ class Provider:
         started = self._started
         assert started is not None
         assert self.state == STARTING
+        # The mesh observes every request itself (metrics, serve's access log),
+        # so aiohttp's per-request access line is off by default; an app that
+        # configures one (handler_args access_log/access_log_class/
+        # access_log_format) gets it, as web.AppRunner would give it.
+        quiet: dict[str, Any] = {} if configures_access_log(self.app) else {"access_log": None}
         runner = web.AppRunner(
             self.app,
             handle_signals=False,
             handler_cancellation=True,
             shutdown_timeout=self._grace_period,
-            # The mesh observes every request itself (metrics, serve's access
-            # log); aiohttp's per-request access line would only repeat it.
-            access_log=None,
+            **quiet,
         )
         try:
             await runner.setup()
