@@ -17,17 +17,25 @@ from ._connector import MeshConnector
 from ._exceptions import ConfigError, MeshError, MeshNotRunning, MissingAPIKeyID, ProviderNotFound
 from ._exchange import api_key_id_of, record_tokens, source_of
 from ._mesh import Mesh
+from ._policy import CircuitBreaker, Fault, Policy, Route
 from ._routing import check_name as check_provider_name
 from ._source import Source, check_api_key_id, use_api_key_id, use_source
+from ._synthetic import ERROR_BODY, ErrorBody
 
 __all__ = [
+    "ERROR_BODY",
+    "CircuitBreaker",
     "ConfigError",
+    "ErrorBody",
+    "Fault",
     "Mesh",
     "MeshConnector",
     "MeshError",
     "MeshNotRunning",
     "MissingAPIKeyID",
+    "Policy",
     "ProviderNotFound",
+    "Route",
     "Source",
     "api_key_id_of",
     "check_api_key_id",

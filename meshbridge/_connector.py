@@ -12,7 +12,9 @@ was registered when it started.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextvars import ContextVar
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientRequest, ClientTimeout
@@ -25,6 +27,7 @@ from ._link import Link
 from ._metrics import method_label
 from ._pipe import PipeEnd
 from ._provider import RUNNING, Provider
+from ._relay import Call, Relay
 from ._routing import check_name
 from ._source import Source, check_api_key_id, current_api_key_id, current_source
 
@@ -33,9 +36,10 @@ if TYPE_CHECKING:  # for annotations only: the mesh module imports this one
 
 __all__ = ["MeshConnector"]
 
-# The provider connect() chose, for _create_connection() to link to: both run
+# How connect() wants a new connection made, for _create_connection(): both run
 # in the caller's task, one inside the other.
-_chosen: ContextVar[Provider | None] = ContextVar("meshbridge_chosen_provider", default=None)
+Opener = Callable[[asyncio.Protocol, bool], Link | Relay]
+_opener: ContextVar[Opener | None] = ContextVar("meshbridge_opener", default=None)
 
 
 class MeshConnector(ConnectorBase):
@@ -67,8 +71,10 @@ class MeshConnector(ConnectorBase):
         api_key_id: str | None = None,
         **kwargs: Any,
     ) -> None:
+        self._mesh = mesh
         self._router = mesh._router
         self._metrics = mesh._metrics
+        self._traffic = mesh._traffic
         self._pinned = check_name(provider) if provider is not None else None
         self._source = Source(source) if source is not None else None
         self._api_key_id = check_api_key_id(api_key_id) if api_key_id is not None else None
@@ -89,31 +95,53 @@ class MeshConnector(ConnectorBase):
         self, req: ClientRequest, traces: list[Any], timeout: ClientTimeout
     ) -> Connection:
         name = self._pinned or req.url.raw_host or ""
-        provider = self._router.lookup(name)
         source = current_source.get() or self._source
         api_key_id = current_api_key_id.get() or self._api_key_id
+        traffic = self._traffic
+        governed = traffic.governs(name)
+        first = traffic.choose(name, source, api_key_id) if governed else name
+        if governed and not traffic.is_route(name):
+            self._router.lookup(name)  # a mesh that is not running says so first
+        provider = self._router.lookup(first)
         if api_key_id is None and provider.require_api_key_id:
             raise MissingAPIKeyID(provider.name)
         if provider.state != RUNNING:
             await provider.wait_started()
-        token = _chosen.set(provider)
+        opener: Opener
+        if governed:
+            opener = partial(self._mesh._relay, name)
+            wanted: object = None
+        else:
+            opener = partial(_open_link, provider)
+            wanted = provider
+        token = _opener.set(opener)
         try:
             while True:
                 conn = await super().connect(req, traces, timeout)
                 transport = conn.transport
                 link = transport.pipe.owner if isinstance(transport, PipeEnd) else None
-                if isinstance(link, Link) and link.provider is provider:
+                if isinstance(link, Link | Relay) and link.serves(name, wanted):
                     break
                 conn.close()  # a link to a provider that was replaced: never reuse it
         finally:
-            _chosen.reset(token)
+            _opener.reset(token)
+        method = method_label(req.method)
+        if isinstance(link, Relay):
+            body = req.body  # a Payload, or b"" for none
+            size = None if req.chunked else (body.size if body else 0)
+            link.begin(Call(name, first, source, api_key_id, method, size))
+            return conn
         metrics = self._metrics
         series = metrics.series(name, source) if metrics is not None else None
-        link.begin(Exchange(name, source, api_key_id, method_label(req.method), series, metrics))
+        link.begin(Exchange(name, source, api_key_id, method, series, metrics))
         return conn
 
     def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:
-        provider = _chosen.get()
-        if provider is None:
+        opener = _opener.get()
+        if opener is None:
             raise MeshError("MeshConnector.connect() must be used to open connections")
-        provider.open_link(protocol, secure=req.is_ssl())
+        opener(protocol, req.is_ssl())
+
+
+def _open_link(provider: Provider, protocol: asyncio.Protocol, secure: bool) -> Link:
+    return provider.open_link(protocol, secure=secure)

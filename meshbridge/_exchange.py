@@ -10,6 +10,7 @@ has reached the caller or the stream was cut.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
 from typing import Final, Protocol
 
@@ -49,6 +50,7 @@ class Exchange:
         "api_key_id",
         "failed",
         "finished",
+        "listener",
         "method",
         "outcome",
         "provider",
@@ -78,6 +80,7 @@ class Exchange:
         self._request_body: _Counted | None = None
         self._series = series
         self._metrics = metrics
+        self.listener: Callable[[Exchange], None] | None = None  # told when it finishes
         self._started = perf_counter()
         if series is not None:
             series.in_flight += 1
@@ -142,6 +145,8 @@ class Exchange:
                 body.total_bytes if body is not None else 0,
                 self.response_bytes,
             )
+        if self.listener is not None:
+            self.listener(self)
 
 
 # Where a provider's request keeps its Exchange: a typed key of the request's

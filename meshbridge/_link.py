@@ -14,14 +14,53 @@ import contextvars
 from typing import Any, Final
 
 from ._exchange import ERROR, Exchange
-from ._pipe import Pipe, PipeEnd, PipeStats
+from ._pipe import OnClose, Pipe, PipeEnd, PipeStats
 
-__all__ = ["Link", "exchange_for"]
+__all__ = ["Carrier", "Link", "exchange_for", "open_pipe"]
 
 _PEERNAME: Final = ("127.0.0.1", 0)
 
 
-class Link:
+def open_pipe(
+    owner: Carrier,
+    name: str,
+    client: asyncio.Protocol,
+    server: asyncio.Protocol,
+    *,
+    loop: asyncio.AbstractEventLoop,
+    stats: PipeStats,
+    tls: object | None,
+    on_close: OnClose,
+) -> Pipe:
+    """A pipe from ``client`` to a provider's ``server`` protocol, connected, with
+    the addresses a socket to ``name`` would report."""
+    port = 443 if tls is not None else 80
+    pipe = Pipe(
+        loop,
+        owner=owner,
+        client_extra={"peername": (name, port), "sockname": _PEERNAME},
+        server_extra={"peername": _PEERNAME, "sockname": ("127.0.0.1", port), "sslcontext": tls},
+        on_close=on_close,
+        stats=stats,
+    )
+    # The server protocol starts its tasks in connection_made; give them a
+    # fresh context so no caller's context variables leak into the provider
+    # (as over TCP, where the server never runs in the caller's context).
+    contextvars.Context().run(pipe.connect, client, server)
+    return pipe
+
+
+class Carrier:
+    """What owns a pipe to a provider's server: it hands each request the
+    server parses the Exchange it belongs to."""
+
+    __slots__ = ()
+
+    def take(self) -> Exchange | None:
+        raise NotImplementedError
+
+
+class Link(Carrier):
     """One connection between a caller and a provider."""
 
     __slots__ = ("_next", "_open", "pipe", "provider")
@@ -40,23 +79,13 @@ class Link:
         self.provider = provider
         self._next: Exchange | None = None  # begun by the caller, not yet taken by the server
         self._open: list[Exchange] = []  # begun and not finished
-        port = 443 if tls is not None else 80
-        self.pipe = Pipe(
-            loop,
-            owner=self,
-            client_extra={"peername": (name, port), "sockname": _PEERNAME},
-            server_extra={
-                "peername": _PEERNAME,
-                "sockname": ("127.0.0.1", port),
-                "sslcontext": tls,
-            },
-            on_close=self._closed,
-            stats=stats,
+        self.pipe = open_pipe(
+            self, name, client, server, loop=loop, stats=stats, tls=tls, on_close=self._closed
         )
-        # The server protocol starts its tasks in connection_made; give them a
-        # fresh context so no caller's context variables leak into the provider
-        # (as over TCP, where the server never runs in the caller's context).
-        contextvars.Context().run(self.pipe.connect, client, server)
+
+    def serves(self, target: str, provider: object) -> bool:
+        """Whether this pooled link may carry a request for ``provider``."""
+        return self.provider is provider
 
     def begin(self, exchange: Exchange) -> None:
         """The caller is about to send the request ``exchange`` describes."""
@@ -97,6 +126,6 @@ def exchange_for(protocol: Any) -> Exchange | None:
     transport = protocol.transport
     if isinstance(transport, PipeEnd):
         owner = transport.pipe.owner
-        if isinstance(owner, Link):
+        if isinstance(owner, Carrier):
             return owner.take()
     return None

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 import os
+import random
 from collections.abc import Callable, Collection, Mapping
 from importlib.metadata import entry_points
 from types import TracebackType
@@ -20,8 +21,12 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from ._connector import MeshConnector
 from ._metrics import MeshMetrics
 from ._pipe import PipeStats
+from ._policy import Policy, Route
 from ._provider import Provider
+from ._relay import Relay
 from ._routing import Router, check_name
+from ._synthetic import ERROR_BODY, ErrorBody
+from ._traffic import Clock, Traffic
 
 __all__ = ["Mesh"]
 
@@ -50,6 +55,10 @@ class Mesh:
         metrics: False to record no metrics at all.
         grace_period: seconds that in-flight requests get to finish when the
             mesh closes or a provider is replaced, before they are cancelled.
+        rng: the random source of splits, retry jitter and fault injection
+            (seed one in tests for repeatable runs).
+        clock: monotonic seconds for circuit breakers and retry budgets
+            (``time.monotonic``).
     """
 
     def __init__(
@@ -58,6 +67,8 @@ class Mesh:
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
         grace_period: float = 10.0,
+        rng: random.Random | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if grace_period < 0:
             raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
@@ -65,6 +76,11 @@ class Mesh:
         self._metrics = MeshMetrics(self.registry) if metrics else None
         self._grace_period = grace_period
         self._router: Router[Provider] = Router()
+        self._traffic = (
+            Traffic(self._metrics, rng=rng)
+            if clock is None
+            else Traffic(self._metrics, rng=rng, clock=clock)
+        )
         self._stats = PipeStats()
         self._state = _NEW
         self._background: set[asyncio.Task[None]] = set()
@@ -89,19 +105,24 @@ class Mesh:
         *,
         require_api_key_id: bool = False,
         replace: bool = False,
+        policy: Policy | None = None,
     ) -> None:
         """Serve ``app`` under the provider name ``name``.
 
         On a running mesh the app starts at once (requests to it wait for its
         startup). With ``replace=True`` an existing provider of that name is
         swapped out atomically: requests already running finish on the old app,
-        which is then shut down.
+        which is then shut down. ``policy`` governs every request to it (see
+        :meth:`set_policy`).
 
         Raises:
             ValueError: ``name`` is not a valid provider name, it is taken (and
-                ``replace`` is False), or ``app`` has already been started.
+                ``replace`` is False), it names a route, or ``app`` has already
+                been started.
         """
         check_name(name)
+        if self._traffic.is_route(name):
+            raise ValueError(f"{name!r} is a route; a provider may not have a route's name")
         if self._state == _CLOSED:
             raise RuntimeError("the mesh is closed")
         if name in self._router.table and not replace:
@@ -114,6 +135,8 @@ class Mesh:
         old = table.get(name)
         table[name] = provider
         self._router.swap(table)
+        if policy is not None or not replace:
+            self._traffic.set_policy(name, policy)
         if self._state == _RUNNING:
             provider.starting()
             self._in_background(provider.start(), f"starting provider {name!r}")
@@ -133,6 +156,7 @@ class Mesh:
         except KeyError:
             raise KeyError(f"no provider named {name!r} is registered") from None
         self._router.swap(table)
+        self._traffic.set_policy(name, None)
         if self._state == _RUNNING:
             self._in_background(provider.stop(), f"stopping provider {name!r}")
 
@@ -141,8 +165,14 @@ class Mesh:
         apps: Mapping[str, web.Application],
         *,
         require_api_key_id: Collection[str] = (),
+        policies: Mapping[str, Policy] | None = None,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         """Replace the whole router table with ``apps``, atomically.
+
+        With ``policies`` and ``routes`` (a config's), those replace the
+        mesh's in the same step; an unchanged policy keeps its state (its
+        breaker stays open, its budget counts on).
 
         Names whose app is the one already registered keep running untouched.
         On a running mesh every new app is started first; if one fails, those
@@ -157,6 +187,7 @@ class Mesh:
         unknown = set(require_api_key_id) - set(apps)
         if unknown:
             raise ValueError(f"require_api_key_id names unknown providers: {sorted(unknown)}")
+        _check_traffic(apps, policies or {}, routes or {})
         for name in apps:
             check_name(name)
         current = self._router.table
@@ -173,6 +204,8 @@ class Mesh:
         if self._state == _RUNNING:
             await self._start_all(fresh)
         old_table = self._router.swap(table)
+        if policies is not None or routes is not None:
+            self._traffic.replace(policies or {}, routes or {})
         if self._state == _RUNNING:
             kept = set(map(id, table.values()))
             for name, provider in old_table.items():
@@ -187,6 +220,82 @@ class Mesh:
             grace_period=self._grace_period,
             stats=self._stats,
         )
+
+    # -- traffic policies --------------------------------------------------------
+
+    @property
+    def policies(self) -> Mapping[str, Policy]:
+        """Every provider's policy, by provider name (those without one are absent)."""
+        return self._traffic.policies
+
+    @property
+    def routes(self) -> Mapping[str, Route]:
+        """Every route, by the virtual name callers use."""
+        return self._traffic.routes
+
+    def set_policy(self, name: str, policy: Policy | None) -> None:
+        """Govern every request to provider ``name`` by ``policy`` (None: no
+        policy), from its next request on, through any session or connector.
+
+        A policy whose circuit breaker settings did not change keeps its state.
+
+        Raises:
+            KeyError: no provider has that name.
+        """
+        if name not in self._router.table:
+            raise KeyError(f"no provider named {name!r} is registered")
+        self._traffic.set_policy(name, policy)
+
+    def add_route(self, name: str, split: Mapping[str, int], *, sticky: str | None = None) -> None:
+        """Add (or replace) a route: callers use ``http://NAME/...`` and each
+        request goes to one provider of ``split`` by weight.
+
+        Args:
+            name: the virtual name; not a provider's.
+            split: provider name to weight (integers; 0 takes no traffic).
+            sticky: ``"api_key_id"`` or ``"source"``: the same caller always
+                lands on the same provider while the weights hold.
+
+        Raises:
+            ValueError: a bad name or weight, a provider's name, or a split
+                naming a provider that is not registered.
+        """
+        check_name(name)
+        route = Route(split, sticky)
+        if name in self._router.table:
+            raise ValueError(f"{name!r} is a provider; a route may not have a provider's name")
+        missing = sorted(set(split) - set(self._router.table))
+        if missing:
+            raise ValueError(f"route {name!r} splits to unknown providers: {missing}")
+        self._traffic.set_route(name, route)
+
+    def remove_route(self, name: str) -> None:
+        """Remove a route; new requests to its name fail with ``ProviderNotFound``.
+
+        Raises:
+            KeyError: no route has that name.
+        """
+        if not self._traffic.is_route(name):
+            raise KeyError(f"no route named {name!r}")
+        self._traffic.set_route(name, None)
+
+    def _relay(self, target: str, protocol: asyncio.Protocol, secure: bool) -> Relay:
+        """A new relay connection for the connector (a governed ``target``)."""
+        return Relay(
+            target,
+            protocol,
+            router=self._router,
+            traffic=self._traffic,
+            metrics=self._metrics,
+            error_body=self._error_body,
+            loop=asyncio.get_running_loop(),
+            stats=self._stats,
+            secure=secure,
+        )
+
+    def _error_body(self, provider: str) -> ErrorBody | None:
+        found = self._router.table.get(provider)
+        return found.app.get(ERROR_BODY) if found is not None else None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -343,3 +452,28 @@ def _config_loader() -> Callable[..., Mesh]:
         )
     loader: Callable[..., Mesh] = next(iter(found)).load()
     return loader
+
+
+def _check_traffic(
+    apps: Mapping[str, object], policies: Mapping[str, Policy], routes: Mapping[str, Route]
+) -> None:
+    """Every name policies and routes use must be a provider of ``apps``."""
+    problems = []
+    for name, policy in policies.items():
+        if name not in apps:
+            problems.append(f"a policy for unknown provider {name!r}")
+        problems += [
+            f"{name!r} falls back to unknown provider {f!r}"
+            for f in policy.fallback
+            if f not in apps
+        ]
+    for name, route in routes.items():
+        if name in apps:
+            problems.append(f"route {name!r} has a provider's name")
+        problems += [
+            f"route {name!r} splits to unknown provider {p!r}"
+            for p, _ in route.weights
+            if p not in apps
+        ]
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -17,7 +17,7 @@ sends can create more than a bounded number of series.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry
@@ -29,7 +29,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["BUCKETS", "MAX_MODELS", "MeshMetrics", "Series", "method_label", "source_label"]
+__all__ = [
+    "BUCKETS",
+    "MAX_MODELS",
+    "Counts",
+    "MeshMetrics",
+    "Series",
+    "method_label",
+    "source_label",
+]
 
 # 1 ms to 5 minutes: LLM streams are long.
 BUCKETS: Final = (
@@ -61,6 +69,22 @@ _HELP: Final = {
     "tokens": "LLM tokens, by model and type (input, output, cache_read, cache_write).",
     "ttft": "Streams: request received by the provider to the first token sent.",
 }
+
+# The traffic-policy families: (name, help, labels); one Counts each.
+_TRAFFIC: Final = (
+    ("calls", "What callers got: one per caller request, by the name they used.",
+     ("target", "source", "code", "outcome")),
+    ("retries", "Attempts made again, by why the last one failed.",
+     ("provider", "source", "reason")),
+    ("fallbacks", "Requests moved from a provider to its fallback.",
+     ("provider", "fallback", "source")),
+    ("rejected", "Requests refused without reaching the provider's handler.",
+     ("provider", "source", "reason")),
+    ("timeouts", "Attempts cut by a policy timeout, by kind.", ("provider", "source", "kind")),
+    ("circuit_transitions", "Circuit breaker state changes.", ("provider", "to")),
+    ("route_requests", "Requests of a route, by the provider its split chose.",
+     ("route", "provider")),
+)  # fmt: skip
 
 
 def source_label(source: str | None) -> str:
@@ -159,12 +183,28 @@ class Series:
         histogram.observe(seconds)
 
 
+class Counts:
+    """One counter family's plain numbers, by label values."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, ...], int] = {}
+
+    def inc(self, *labels: str) -> None:
+        self.values[labels] = self.values.get(labels, 0) + 1
+
+
 class MeshMetrics:
     """The metric families of one mesh, collected from its Series."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._series: dict[tuple[str, str], Series] = {}
         self._models: dict[str, set[str]] = {}  # model labels given out, by provider
+        self.traffic = {name: Counts() for name, _, _ in _TRAFFIC}
+        # Circuit states by provider (0 closed, 0.5 half-open, 1 open), read at
+        # scrape time from whoever keeps the breakers.
+        self.circuit_levels: Callable[[], Mapping[str, float]] = dict
         registry.register(self)
 
     def series(self, provider: str, source: str | None) -> Series:
@@ -190,7 +230,7 @@ class MeshMetrics:
         return model
 
     def describe(self) -> list[Metric]:
-        return list(self._families())
+        return [*self._families(), *self._traffic_families()]
 
     def collect(self) -> Iterator[Metric]:
         (requests, duration, ttfb, in_flight, request_bytes, response_bytes, errors, tokens,
@@ -222,6 +262,22 @@ class MeshMetrics:
             tokens,
             ttft,
         )
+        yield from self._traffic_families()
+
+    def _traffic_families(self) -> Iterator[Metric]:
+        for name, help_text, labels in _TRAFFIC:
+            family = CounterMetricFamily(f"meshbridge_{name}", help_text, labels=list(labels))
+            for values, count in list(self.traffic[name].values.items()):
+                family.add_metric(list(values), count)
+            yield family
+        state = GaugeMetricFamily(
+            "meshbridge_circuit_state",
+            "Circuit breaker state: 0 closed, 0.5 half-open, 1 open.",
+            labels=["provider"],
+        )
+        for provider, level in sorted(self.circuit_levels().items()):
+            state.add_metric([provider], level)
+        yield state
 
     @staticmethod
     def _families() -> tuple[

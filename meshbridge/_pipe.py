@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-__all__ = ["Pipe", "PipeEnd", "PipeStats"]
+__all__ = ["OnClose", "Pipe", "PipeEnd", "PipeStats"]
 
 HIGH_WATER: Final = 64 * 1024
 LOW_WATER: Final = 16 * 1024

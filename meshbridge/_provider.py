@@ -17,8 +17,8 @@ from aiohttp import web
 
 from ._aiohttp import configures_access_log, observe_server
 from ._exceptions import MeshError
-from ._link import Link, exchange_for
-from ._pipe import PipeStats
+from ._link import Carrier, Link, exchange_for, open_pipe
+from ._pipe import OnClose, Pipe, PipeStats
 
 __all__ = ["Provider"]
 
@@ -128,6 +128,29 @@ class Provider:
 
     def open_link(self, client: asyncio.Protocol, *, secure: bool) -> Link:
         """Connect a client protocol to a new server protocol of this app."""
+        server, tls = self.server_protocol(secure=secure)
+        loop = asyncio.get_running_loop()
+        return Link(self, self.name, client, server, loop=loop, stats=self._stats, tls=tls)
+
+    def open_pipe(
+        self, owner: Carrier, client: asyncio.Protocol, on_close: OnClose, *, secure: bool
+    ) -> Pipe:
+        """A pipe from ``client`` to a new server protocol of this app, owned by ``owner``."""
+        server, tls = self.server_protocol(secure=secure)
+        loop = asyncio.get_running_loop()
+        return open_pipe(
+            owner,
+            self.name,
+            client,
+            server,
+            loop=loop,
+            stats=self._stats,
+            tls=tls,
+            on_close=on_close,
+        )
+
+    def server_protocol(self, *, secure: bool) -> tuple[asyncio.Protocol, ssl.SSLContext | None]:
+        """A new server protocol of this app, and the TLS context it reports."""
         if self._server is None or self.state != RUNNING:
             raise MeshError(f"provider {self.name!r} is {self.state}")
         tls = None
@@ -135,8 +158,7 @@ class Provider:
             if self._tls is None:
                 self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             tls = self._tls
-        loop = asyncio.get_running_loop()
-        return Link(self, self.name, client, self._server(), loop=loop, stats=self._stats, tls=tls)
+        return self._server(), tls
 
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish for the grace period,

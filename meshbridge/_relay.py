@@ -1,0 +1,625 @@
+"""The relay: a caller's connection to a name that traffic policies govern.
+
+A direct link (``_link.py``) joins the caller's protocol to one provider's
+server with one pipe. For a route, or a provider with a policy, a relay
+stands in the middle instead, so that what the caller gets can differ from
+what one attempt answered::
+
+    caller protocol ── pipe ── Relay ── pipe ── provider server  (an Upstream per provider)
+
+Rules of the relay:
+
+1. One response per call. The caller gets exactly one response to each
+   request: that of the first attempt that did not fail, that of the last
+   attempt, or a synthetic one (503 or 504, with ``x-meshbridge-reason``).
+2. Nothing reaches the caller before the head is decided. An attempt's bytes
+   are held until its status line and headers are complete; then they are
+   committed (and everything after passes straight through) or dropped for a
+   retry or a fallback. Once committed: no retry, no fallback, ever.
+3. Replays are exact and bounded. The request bytes are kept while the call
+   may be tried again, only if the body's size was known up front and the
+   bytes stay within ``replay_limit``; past that the call is not retried.
+4. A failed attempt is cancelled: its connection is aborted (the handler sees
+   ``CancelledError``) unless its response had already ended.
+5. Limits in time: ``first_byte_timeout`` per attempt until its head,
+   ``timeout`` for the whole call, ``idle_timeout`` between chunks after the
+   commit. Before the commit, a limit that fires is a retry or a 504; after
+   it, the caller's stream is cut with an error (``ClientPayloadError``),
+   never a clean end.
+6. Flow control passes through: a slow caller pauses the provider's output,
+   a slow provider pauses the caller's upload.
+
+The decisions (breakers, budgets, backoff, splits) are :class:`Traffic`'s;
+this module only moves bytes and keeps time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Final
+
+from ._exchange import CANCELLED, COMPLETED, ERROR, Exchange
+from ._link import Carrier, open_pipe
+from ._metrics import MeshMetrics
+from ._pipe import PipeStats
+from ._provider import RUNNING, Provider
+from ._retry import parse_retry_after
+from ._routing import Router
+from ._source import Source
+from ._synthetic import ErrorBody, synthetic_response
+from ._traffic import OVERLOADED_RETRY_AFTER, Guard, Traffic
+
+__all__ = ["Call", "Relay"]
+
+_MAX_HEAD: Final = 64 * 1024  # a head that grows past this is committed as it is
+_DEFAULT_REPLAY_LIMIT: Final = 65536
+
+# Where a call is (Rule 2).
+_HEAD: Final = "head"  # an attempt runs; its bytes are held
+_COMMITTED: Final = "committed"  # the caller is getting this attempt's response
+_WAITING: Final = "waiting"  # between attempts (backoff, fault delay)
+_ANSWERED: Final = "answered"  # a synthetic response was decided
+_DONE: Final = "done"
+
+
+class Call:
+    """One caller request through a relay, and where it stands."""
+
+    __slots__ = (
+        "api_key_id",
+        "attempt",
+        "candidates",
+        "deadline",
+        "first_byte",
+        "generation",
+        "guard",
+        "head",
+        "idle",
+        "index",
+        "last_chunk",
+        "method",
+        "pending_answer",
+        "phase",
+        "received",
+        "replay_limit",
+        "replayable",
+        "sent",
+        "sent_size",
+        "source",
+        "status",
+        "target",
+        "timer",
+        "tries",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        target: str,
+        first: str,
+        source: Source | None,
+        api_key_id: str | None,
+        method: str,
+        body_size: int | None,
+    ) -> None:
+        self.target = target
+        self.candidates = [first]
+        self.index = 0  # which candidate is being tried
+        self.tries = 0  # retries used on it
+        self.source = source
+        self.api_key_id = api_key_id
+        self.method = method
+        self.replay_limit = _DEFAULT_REPLAY_LIMIT
+        self.replayable = body_size is not None  # a streamed body is never replayed (Rule 3)
+        self.sent: list[bytes] = []  # request bytes kept for a replay, or not yet forwarded
+        self.sent_size = 0
+        self.received = 0  # request bytes from the caller, all told
+        self.phase = _WAITING
+        self.head = bytearray()
+        self.status = 0
+        self.upstream: Upstream | None = None
+        self.attempt: Exchange | None = None
+        self.guard: Guard | None = None
+        self.generation: int | None = None
+        self.pending_answer: bytes | None = None  # synthetic, waiting for the request
+        self.deadline: asyncio.TimerHandle | None = None
+        self.first_byte: asyncio.TimerHandle | None = None
+        self.idle: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # backoff or fault delay
+        self.last_chunk = 0.0
+
+    @property
+    def provider(self) -> str:
+        return self.candidates[self.index]
+
+    def cancel_timers(self) -> None:
+        for handle in (self.deadline, self.first_byte, self.idle, self.timer):
+            if handle is not None:
+                handle.cancel()
+        self.deadline = self.first_byte = self.idle = self.timer = None
+
+
+class Upstream(Carrier, asyncio.Protocol):
+    """The relay's connection to one provider (reused while it stays open)."""
+
+    __slots__ = ("_next", "closed", "exchange", "pipe", "provider", "relay")
+
+    def __init__(self, relay: Relay, provider: Provider, *, secure: bool) -> None:
+        self.relay = relay
+        self.provider = provider
+        self.closed = False
+        self._next: Exchange | None = None
+        self.exchange: Exchange | None = None  # the attempt on it now
+        self.pipe = provider.open_pipe(self, self, self._pipe_closed, secure=secure)
+
+    def begin(self, exchange: Exchange) -> None:
+        self._next = self.exchange = exchange
+
+    def take(self) -> Exchange | None:
+        exchange, self._next = self._next, None
+        return exchange
+
+    def write(self, data: bytes) -> None:
+        self.pipe.client.write(data)
+
+    def abort(self) -> None:
+        self.pipe.client.abort()
+
+    def _pipe_closed(self, by_client: bool) -> Exception | None:
+        exchange = self.exchange
+        if exchange is not None and not exchange.finished:
+            exchange.connection_closed(by_caller=by_client)
+        return None
+
+    # -- asyncio.Protocol, on the provider's side -------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.relay._from_upstream(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.relay._upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        self.relay._pause_caller(self)
+
+    def resume_writing(self) -> None:
+        self.relay._resume_caller(self)
+
+
+class Relay(Carrier, asyncio.Protocol):
+    """A caller's pooled connection to a governed name (a route or a provider)."""
+
+    def __init__(
+        self,
+        target: str,
+        client: asyncio.Protocol,
+        *,
+        router: Router[Provider],
+        traffic: Traffic,
+        metrics: MeshMetrics | None,
+        error_body: Callable[[str], ErrorBody | None],
+        loop: asyncio.AbstractEventLoop,
+        stats: PipeStats,
+        secure: bool,
+    ) -> None:
+        self.target = target
+        self._router = router
+        self._traffic = traffic
+        self._metrics = metrics
+        self._error_body = error_body
+        self._loop = loop
+        self._secure = secure
+        self._upstreams: dict[str, Upstream] = {}
+        self._call: Call | None = None
+        self._cut_reason: str | None = None
+        self.closed = False
+        # The relay is the server side of the caller's pipe.
+        tls = True if secure else None
+        self.pipe = open_pipe(
+            self, target, client, self, loop=loop, stats=stats, tls=tls, on_close=self._caller_gone
+        )
+
+    def serves(self, target: str, provider: object) -> bool:
+        """Whether this pooled relay may carry a request for ``target``."""
+        return self.target == target and not self.closed
+
+    def take(self) -> Exchange | None:
+        return None  # nothing parses requests on the relay's own pipe
+
+    # -- calls -----------------------------------------------------------------------
+
+    def begin(self, call: Call) -> None:
+        """The caller is about to send the request ``call`` describes."""
+        self._call = call
+        guard = self._traffic.guard(call.provider)
+        if guard is not None:
+            policy = guard.policy
+            call.candidates += [n for n in policy.fallback if n not in call.candidates]
+            call.replay_limit = policy.replay_limit
+            if policy.timeout is not None:
+                call.deadline = self._loop.call_later(policy.timeout, self._deadline, call)
+            fault = policy.fault
+            if fault is not None:
+                rng = self._traffic.rng
+                if fault.abort_ratio and rng.random() < fault.abort_ratio:
+                    self._traffic.count("rejected", call.provider, call.source, "fault")
+                    self._answer(call, fault.abort, "fault", None, "fault injected by policy")
+                    return
+                if fault.delay_ratio and rng.random() < fault.delay_ratio:
+                    call.timer = self._loop.call_later(fault.delay, self._try, call)
+                    return
+        self._try(call)
+
+    def _try(self, call: Call) -> None:
+        """Start an attempt on the current candidate, or move past it."""
+        call.timer = None
+        if call is not self._call or call.phase != _WAITING:
+            return
+        traffic = self._traffic
+        name = call.provider
+        guard = traffic.guard(name)
+        provider = self._router.table.get(name)
+        if provider is None or provider.state != RUNNING:
+            if not self._again(call, "connect-failure", None):
+                self._answer(call, 503, "unavailable", None, f"provider {name!r} is not running")
+            return
+        now = traffic.clock()
+        generation = None
+        if guard is not None and guard.breaker is not None:
+            generation = guard.breaker.admit(now)
+            if generation is None:
+                traffic.count("rejected", name, call.source, "circuit_open")
+                if not self._fall_back(call):
+                    wait = guard.breaker.retry_after(now)
+                    self._answer(call, 503, "circuit-open", wait, f"circuit of {name!r} is open")
+                return
+        if guard is not None and guard.overloaded():
+            if generation is not None and guard.breaker is not None:
+                guard.breaker.cancel(now, generation)  # never sent: no verdict
+            traffic.count("rejected", name, call.source, "overloaded")
+            if call.index > 0 and self._fall_back(call):
+                return
+            message = f"provider {name!r} has {guard.in_flight} requests in flight, its limit"
+            self._answer(call, 503, "overloaded", OVERLOADED_RETRY_AFTER, message)
+            return
+        upstream = self._upstreams.get(name)
+        if upstream is None or upstream.closed or upstream.provider is not provider:
+            upstream = self._upstreams[name] = Upstream(self, provider, secure=self._secure)
+        metrics = self._metrics
+        series = metrics.series(name, call.source) if metrics is not None else None
+        exchange = Exchange(name, call.source, call.api_key_id, call.method, series, metrics)
+        exchange.listener = self._attempt_finished
+        upstream.begin(exchange)
+        call.upstream, call.attempt = upstream, exchange
+        call.guard, call.generation = guard, generation
+        call.phase = _HEAD
+        call.head.clear()
+        if guard is not None:
+            guard.in_flight += 1
+            if call.tries == 0:
+                guard.budget.request(now)  # a first attempt; a fallback's counts for its budget
+            limit = guard.policy.first_byte_timeout
+            if limit is not None:
+                call.first_byte = self._loop.call_later(limit, self._first_byte_late, call)
+        for chunk in call.sent:
+            upstream.write(chunk)
+        if not call.replayable:
+            call.sent.clear()
+        self.pipe.server.resume_reading()
+
+    def _again(self, call: Call, reason: str, retry_after: float | None) -> bool:
+        """The current attempt failed with ``reason`` before its head was
+        committed: end it and retry or fall back, or return False (nothing
+        changed: the caller is to get this attempt's outcome)."""
+        traffic = self._traffic
+        guard = call.guard if call.guard is not None else traffic.guard(call.provider)
+        if not call.replayable or guard is None:
+            return reason == "connect-failure" and self._fall_back(call)
+        policy = guard.policy
+        wanted = reason in policy.retry_on or (reason.isdigit() and int(reason) in policy.retry_on)
+        if wanted and call.tries < policy.retries:
+            delay = traffic.retry_delay(guard, call.tries, retry_after)
+            if (
+                delay is not None
+                and not self._past_deadline(call, delay)
+                and guard.budget.try_spend(traffic.clock())
+            ):
+                self._end_attempt(call)
+                traffic.count("retries", call.provider, call.source, reason)
+                call.tries += 1
+                call.timer = self._loop.call_later(delay, self._try, call)
+                return True
+        return wanted and self._fall_back(call)
+
+    def _fall_back(self, call: Call) -> bool:
+        if call.index + 1 >= len(call.candidates) or not call.replayable:
+            return False
+        self._end_attempt(call)
+        fallback = call.candidates[call.index + 1]
+        self._traffic.count("fallbacks", call.provider, fallback, call.source)
+        call.index += 1
+        call.tries = 0
+        self._try(call)
+        return True
+
+    def _past_deadline(self, call: Call, delay: float | None) -> bool:
+        return (
+            call.deadline is not None
+            and delay is not None
+            and self._loop.time() + delay >= call.deadline.when()
+        )
+
+    def _end_attempt(self, call: Call, *, outcome: str | None = None) -> None:
+        """Stop the current attempt (Rule 4). Its connection is reused once its
+        response has ended (normally within this turn of the loop: a short
+        error answer), else aborted, which cancels its handler."""
+        upstream, exchange, guard = call.upstream, call.attempt, call.guard
+        call.upstream = call.attempt = None
+        call.phase = _WAITING
+        call.head.clear()
+        if call.first_byte is not None:
+            call.first_byte.cancel()
+            call.first_byte = None
+        if guard is not None and exchange is not None:
+            guard.in_flight -= 1
+            if guard.breaker is not None and call.generation is not None:
+                guard.breaker.cancel(self._traffic.clock(), call.generation)  # no verdict
+        call.generation = None
+        if exchange is None or upstream is None:
+            return
+        if outcome is not None and not exchange.finished:
+            exchange.finish(outcome)
+            upstream.abort()
+        if not exchange.finished:
+            # Busy until its response ends: no other attempt may use it meanwhile.
+            if self._upstreams.get(upstream.provider.name) is upstream:
+                del self._upstreams[upstream.provider.name]
+            self._loop.call_soon(self._reap, upstream, exchange)
+
+    def _reap(self, upstream: Upstream, exchange: Exchange) -> None:
+        if not exchange.finished:
+            upstream.abort()
+        elif not upstream.closed and upstream.provider.name not in self._upstreams:
+            self._upstreams[upstream.provider.name] = upstream
+
+    # -- bytes from the caller ---------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        call = self._call
+        if call is None or call.phase == _DONE:
+            return  # a request body after a synthetic answer: dropped
+        if call.phase == _ANSWERED:
+            answer, call.pending_answer = call.pending_answer, None
+            if answer is not None:
+                self._to_caller(answer)
+                self._done(call, COMPLETED)
+            return
+        call.received += len(data)
+        keep = call.replayable or call.upstream is None
+        if keep:
+            call.sent.append(data)
+            call.sent_size += len(data)
+            if call.replayable and call.sent_size > call.replay_limit:
+                call.replayable = False  # too large to replay (Rule 3)
+                if call.upstream is not None:
+                    call.sent.clear()
+            if call.upstream is None and call.sent_size > call.replay_limit:
+                self.pipe.server.pause_reading()  # hold the upload until an attempt starts
+        if call.upstream is not None:
+            call.upstream.write(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    # -- bytes from a provider ---------------------------------------------------------
+
+    def _from_upstream(self, upstream: Upstream, data: bytes) -> None:
+        call = self._call
+        if call is None or upstream is not call.upstream:
+            return  # a dropped attempt's leftovers
+        if call.phase == _COMMITTED:
+            call.last_chunk = self._loop.time()
+            self._to_caller(data)
+            return
+        call.head += data
+        end = call.head.find(b"\r\n\r\n")
+        if end < 0 and len(call.head) < _MAX_HEAD:
+            return
+        status, retry_after = _parse_head(bytes(call.head[: max(end, 0)]))
+        guard = call.guard
+        if guard is not None and guard.breaker is not None and call.generation is not None:
+            failed = status in guard.breaker.config.on
+            guard.breaker.record(self._traffic.clock(), call.generation, failed)
+            call.generation = None
+        retryable = guard is not None and status in guard.policy.retry_on and call.replayable
+        if retryable and self._again(call, str(status), retry_after):
+            return
+        self._commit(call, status)
+
+    def _commit(self, call: Call, status: int) -> None:
+        call.phase = _COMMITTED
+        call.status = status
+        call.sent.clear()
+        call.replayable = False
+        if call.first_byte is not None:
+            call.first_byte.cancel()
+            call.first_byte = None
+        guard = call.guard
+        if guard is not None and guard.policy.idle_timeout is not None:
+            call.last_chunk = self._loop.time()
+            call.idle = self._loop.call_later(guard.policy.idle_timeout, self._idle_check, call)
+        head, call.head = bytes(call.head), bytearray()
+        self._to_caller(head)
+
+    def _attempt_finished(self, exchange: Exchange) -> None:
+        call = self._call
+        if call is None or exchange is not call.attempt:
+            return
+        if call.phase == _COMMITTED and exchange.outcome == COMPLETED:
+            self.pipe.server.when_flushed(lambda: self._done(call, COMPLETED))
+
+    def _upstream_lost(self, upstream: Upstream) -> None:
+        if self._upstreams.get(upstream.provider.name) is upstream:
+            del self._upstreams[upstream.provider.name]
+        call = self._call
+        if call is None or upstream is not call.upstream or call.phase == _DONE:
+            return
+        if call.phase == _COMMITTED:
+            exchange = call.attempt
+            if exchange is None or exchange.outcome != COMPLETED:
+                self._cut(call, f"provider {call.provider!r} closed the connection mid-response")
+            return
+        guard = call.guard
+        if guard is not None and guard.breaker is not None and call.generation is not None:
+            failed = "connect-failure" in guard.breaker.config.on
+            guard.breaker.record(self._traffic.clock(), call.generation, failed)
+            call.generation = None
+        if not self._again(call, "connect-failure", None):
+            self._end_attempt(call)
+            self._done(call, ERROR)
+            self.pipe.server.close()  # as over TCP: the caller sees the server disconnect
+
+    # -- time ----------------------------------------------------------------------------
+
+    def _first_byte_late(self, call: Call) -> None:
+        call.first_byte = None
+        if call is not self._call or call.phase != _HEAD:
+            return
+        self._traffic.count("timeouts", call.provider, call.source, "first_byte")
+        guard = call.guard
+        if guard is not None and guard.breaker is not None and call.generation is not None:
+            failed = "first-byte-timeout" in guard.breaker.config.on
+            guard.breaker.record(self._traffic.clock(), call.generation, failed)
+            call.generation = None
+        exchange, upstream = call.attempt, call.upstream
+        if exchange is not None and upstream is not None:
+            exchange.finish(ERROR)  # a timed-out attempt is an error, not a cancellation
+            upstream.abort()
+        if not self._again(call, "first-byte-timeout", None):
+            message = f"provider {call.provider!r} sent no response head in time"
+            self._answer(call, 504, "timeout", None, message)
+
+    def _deadline(self, call: Call) -> None:
+        call.deadline = None
+        if call is not self._call or call.phase in (_DONE, _ANSWERED):
+            return
+        self._traffic.count("timeouts", call.provider, call.source, "total")
+        if call.phase == _COMMITTED:
+            self._cut(call, "the request's timeout passed mid-response")
+            return
+        self._end_attempt(call, outcome=ERROR)
+        self._answer(call, 504, "timeout", None, "the request's timeout passed")
+
+    def _idle_check(self, call: Call) -> None:
+        call.idle = None
+        guard = call.guard
+        if call is not self._call or call.phase != _COMMITTED or guard is None:
+            return
+        limit = guard.policy.idle_timeout
+        assert limit is not None
+        quiet = self._loop.time() - call.last_chunk
+        if quiet < limit:
+            call.idle = self._loop.call_later(limit - quiet, self._idle_check, call)
+            return
+        self._traffic.count("timeouts", call.provider, call.source, "idle")
+        self._cut(call, f"provider {call.provider!r} sent nothing for {limit:g}s")
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _answer(
+        self, call: Call, status: int, reason: str, retry_after: float | None, message: str
+    ) -> None:
+        """Give the caller a synthetic response (once its request has arrived)."""
+        self._end_attempt(call)
+        call.status = status
+        call.phase = _ANSWERED
+        shape = self._error_body(call.candidates[0])
+        answer = synthetic_response(status, reason, message, retry_after, shape)
+        if call.received:
+            self._to_caller(answer)
+            self._done(call, COMPLETED)
+        else:
+            call.pending_answer = answer
+        self.pipe.server.resume_reading()
+
+    def _cut(self, call: Call, reason: str) -> None:
+        """End a committed response with an error on the caller's side (Rule 5)."""
+        self._end_attempt(call, outcome=ERROR)
+        self._done(call, ERROR)
+        self._cut_reason = reason
+        self.pipe.server.abort()
+
+    def _done(self, call: Call, outcome: str) -> None:
+        if call.phase == _DONE:
+            return
+        if call.upstream is not None:
+            if call.guard is not None and call.attempt is not None:
+                call.guard.in_flight -= 1
+            call.upstream = call.attempt = None
+        call.phase = _DONE
+        call.cancel_timers()
+        call.sent.clear()
+        self._traffic.count("calls", call.target, call.source, str(call.status), outcome)
+        if self._call is call:
+            self._call = None
+
+    def _caller_gone(self, by_client: bool) -> Exception | None:
+        """The caller's pipe closed: by the caller, or by us (a cut)."""
+        self.closed = True
+        call = self._call
+        if call is not None and call.phase != _DONE:
+            self._end_attempt(call)
+            self._done(call, CANCELLED if by_client else ERROR)
+        for upstream in list(self._upstreams.values()):
+            upstream.pipe.client.close()
+        self._upstreams.clear()
+        if by_client:
+            return None
+        reason, self._cut_reason = self._cut_reason, None
+        return ConnectionResetError(reason) if reason is not None else None
+
+    # -- flow control (Rule 6) -------------------------------------------------------------
+
+    def _to_caller(self, data: bytes) -> None:
+        self.pipe.server.write(data)
+
+    def pause_writing(self) -> None:  # the caller reads slowly
+        call = self._call
+        if call is not None and call.upstream is not None:
+            call.upstream.pipe.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        call = self._call
+        if call is not None and call.upstream is not None:
+            call.upstream.pipe.client.resume_reading()
+
+    def _pause_caller(self, upstream: Upstream) -> None:  # the provider reads slowly
+        call = self._call
+        if call is not None and upstream is call.upstream:
+            self.pipe.server.pause_reading()
+
+    def _resume_caller(self, upstream: Upstream) -> None:
+        call = self._call
+        if call is not None and upstream is call.upstream:
+            self.pipe.server.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+
+
+def _parse_head(head: bytes) -> tuple[int, float | None]:
+    """The status of a response head and its ``Retry-After`` in seconds, if any."""
+    lines = head.split(b"\r\n")
+    try:
+        status = int(lines[0][9:12])
+    except ValueError:
+        return 0, None
+    retry_after = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"retry-after":
+            retry_after = parse_retry_after(value.strip().decode("latin-1"), time.time())
+    return status, retry_after

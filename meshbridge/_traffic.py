@@ -1,0 +1,171 @@
+"""Traffic policies at run time: the mesh's policies, routes and their state.
+
+:class:`Traffic` holds, for one mesh, every provider's :class:`Policy` with
+its live state (a :class:`Guard`: circuit breaker, retry budget, requests in
+flight) and every route's split. It makes the decisions that need no I/O, on
+an injected clock and random source: which provider a route's request goes
+to, whether a provider may be tried now, how long to wait before a retry.
+The relay (``_relay.py``) asks and tells it; the connector asks it whether a
+name is governed by policies at all, so that ungoverned traffic keeps the
+direct link and pays nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from ._breaker import Breaker
+from ._metrics import MeshMetrics, source_label
+from ._policy import Policy, Route
+from ._retry import RetryBudget, backoff
+from ._source import Source
+from ._split import pick
+
+__all__ = ["Guard", "Traffic"]
+
+OVERLOADED_RETRY_AFTER: Final = 1  # seconds a caller refused for max_in_flight is told to wait
+
+Clock = Callable[[], float]
+
+
+class Guard:
+    """One provider's policy and what it has seen."""
+
+    __slots__ = ("breaker", "budget", "in_flight", "name", "policy")
+
+    def __init__(self, name: str, policy: Policy, metrics: MeshMetrics | None) -> None:
+        self.name = name
+        self.policy = policy
+        self.in_flight = 0  # attempts running on this provider now
+        self.budget = RetryBudget(policy.retry_budget, policy.retry_floor)
+        self.breaker: Breaker | None = None
+        if policy.circuit_breaker is not None:
+            counts = metrics.traffic["circuit_transitions"] if metrics is not None else None
+
+            def transition(to: str) -> None:
+                if counts is not None:
+                    counts.inc(name, to)
+
+            self.breaker = Breaker(policy.circuit_breaker, on_transition=transition)
+
+    def overloaded(self) -> bool:
+        limit = self.policy.max_in_flight
+        return limit is not None and self.in_flight >= limit
+
+
+class Traffic:
+    """The policies and routes of one mesh, and their live state.
+
+    Args:
+        metrics: where rejections, retries, fallbacks and route choices are
+            counted (None: nowhere).
+        clock: monotonic seconds (``time.monotonic``); tests pass their own.
+        rng: the random source of splits, jitter and faults; tests seed it.
+    """
+
+    def __init__(
+        self,
+        metrics: MeshMetrics | None,
+        *,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
+        self._guards: dict[str, Guard] = {}
+        self._routes: dict[str, Route] = {}
+        if metrics is not None:
+            metrics.circuit_levels = self.circuit_levels
+
+    # -- the tables ------------------------------------------------------------
+
+    @property
+    def policies(self) -> Mapping[str, Policy]:
+        return {name: guard.policy for name, guard in self._guards.items()}
+
+    @property
+    def routes(self) -> Mapping[str, Route]:
+        return dict(self._routes)
+
+    def set_policy(self, name: str, policy: Policy | None) -> None:
+        """Give ``name`` a policy (None: none). An unchanged policy keeps its state."""
+        if policy is None:
+            self._guards.pop(name, None)
+            return
+        old = self._guards.get(name)
+        if old is not None and old.policy == policy:
+            return
+        guard = Guard(name, policy, self.metrics)
+        if old is not None:
+            guard.in_flight = old.in_flight
+            if old.policy.circuit_breaker == policy.circuit_breaker:
+                guard.breaker = old.breaker
+        self._guards[name] = guard
+
+    def set_route(self, name: str, route: Route | None) -> None:
+        if route is None:
+            self._routes.pop(name, None)
+        else:
+            self._routes[name] = route
+
+    def replace(self, policies: Mapping[str, Policy], routes: Mapping[str, Route]) -> None:
+        """Install whole new tables (a config reload); unchanged policies keep their state."""
+        for name in list(self._guards):
+            if name not in policies:
+                del self._guards[name]
+        for name, policy in policies.items():
+            self.set_policy(name, policy)
+        self._routes = dict(routes)
+
+    def governs(self, name: str) -> bool:
+        """Whether requests to ``name`` go through the relay (a route, or a policy)."""
+        return name in self._guards or name in self._routes
+
+    def is_route(self, name: str) -> bool:
+        return name in self._routes
+
+    def guard(self, name: str) -> Guard | None:
+        return self._guards.get(name)
+
+    # -- decisions ---------------------------------------------------------------
+
+    def choose(self, target: str, source: Source | None, api_key_id: str | None) -> str:
+        """The provider a request to ``target`` goes to first (a route's split)."""
+        route = self._routes.get(target)
+        if route is None:
+            return target
+        key = None
+        if route.sticky == "api_key_id":
+            key = api_key_id
+        elif route.sticky == "source":
+            key = source
+        provider = pick(route, self.rng, key)
+        if self.metrics is not None:
+            self.metrics.traffic["route_requests"].inc(target, provider)
+        return provider
+
+    def retry_delay(self, guard: Guard, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before retry number ``attempt`` (0 is the first), or
+        None when the upstream's ``Retry-After`` is beyond the backoff cap."""
+        base, cap = guard.policy.retry_backoff
+        if retry_after is not None:
+            return retry_after if retry_after <= cap else None
+        return backoff(attempt, base, cap, self.rng)
+
+    def circuit_levels(self) -> dict[str, float]:
+        now = self.clock()
+        return {
+            name: guard.breaker.level(now)
+            for name, guard in self._guards.items()
+            if guard.breaker is not None
+        }
+
+    # -- what happened -----------------------------------------------------------
+
+    def count(self, family: str, *labels: str | None) -> None:
+        if self.metrics is not None:
+            self.metrics.traffic[family].inc(*(source_label(v) for v in labels))
