@@ -7,23 +7,40 @@ key path (``providers.openai.upstream``) and what was expected. A kind's
 parser reads what it knows; :meth:`OptionReader.finish` then reports the keys
 nobody read, and raises the core's :class:`~meshbridge.ConfigError` (the one
 error type for config problems) if anything was wrong.
+
+Numbers have upper bounds as well as lower ones (by default 2**31 - 1 for
+integers and 1e9 for numbers; a kind can ask for less), so a typo such as
+``reply_tokens = 99999999999999999`` is an error with its key path rather
+than a provider that never finishes.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
+from typing import Final
 
 from yarl import URL
 
 from meshbridge import ConfigError
 
-__all__ = ["OptionReader", "Problems"]
+__all__ = ["MAX_INTEGER", "MAX_NUMBER", "OptionReader", "Problems"]
+
+MAX_INTEGER: Final = 2**31 - 1  # the default upper bound of OptionReader.integer
+MAX_NUMBER: Final = 1e9  # the default upper bound of OptionReader.number
 
 # Every problem found so far, as (key path, what is wrong): the pairs a
 # ConfigError lists. Readers of one file share one list.
 Problems = list[tuple[str, str]]
+
+
+def _redacted(url: str) -> str:
+    """``url`` with its credentials and query hidden: refused, it is still
+    printed and logged, and must not carry a secret there."""
+    url = re.sub(r"(?<=//)[^/?#]*@", "***@", url)
+    return re.sub(r"\?[^#]*", "?***", url, count=1)
 
 
 def _kind_of(value: object) -> str:
@@ -46,6 +63,12 @@ class OptionReader:
         path: the key path of the table, used in error messages.
         environ: where ``*_env`` options are looked up (``os.environ``).
         errors: a list shared with other readers, to report a whole file.
+        require_env: False to check a config without its secrets: an unset
+            variable is then recorded in ``missing_env`` instead of ``errors``
+            and read as ``""``, so the options are for checking only and
+            must never be built into a provider.
+        missing_env: a list shared with other readers: ``(key path, variable)``
+            of every unset variable when ``require_env`` is False.
     """
 
     def __init__(
@@ -55,12 +78,28 @@ class OptionReader:
         *,
         environ: Mapping[str, str] | None = None,
         errors: Problems | None = None,
+        require_env: bool = True,
+        missing_env: list[tuple[str, str]] | None = None,
     ) -> None:
         self._raw = raw
         self.path = path
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.errors: Problems = [] if errors is None else errors
+        self.require_env = require_env
+        self.missing_env: list[tuple[str, str]] = [] if missing_env is None else missing_env
         self._read: set[str] = set()
+
+    def child(self, raw: Mapping[str, object], path: str) -> OptionReader:
+        """A reader of a table found inside this one, sharing its environment,
+        its error list and its ``require_env`` mode."""
+        return OptionReader(
+            raw,
+            path,
+            environ=self.environ,
+            errors=self.errors,
+            require_env=self.require_env,
+            missing_env=self.missing_env,
+        )
 
     def key(self, key: str) -> str:
         """The full key path of ``key`` in this table (of the table itself for "")."""
@@ -100,9 +139,16 @@ class OptionReader:
         return value
 
     def number(
-        self, key: str, default: float, *, minimum: float = 0.0, exclusive: bool = False
+        self,
+        key: str,
+        default: float,
+        *,
+        minimum: float = 0.0,
+        exclusive: bool = False,
+        maximum: float = MAX_NUMBER,
     ) -> float:
-        """A finite number >= ``minimum`` (> with ``exclusive``); ints are accepted."""
+        """A finite number >= ``minimum`` (> with ``exclusive``) and <= ``maximum``;
+        ints are accepted."""
         value = self._get(key)
         if value is None:
             return default
@@ -110,13 +156,18 @@ class OptionReader:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self._wrong(key, f"a number {bound}", value)
             return default
-        number = float(value)
-        if not math.isfinite(number) or number < minimum or (exclusive and number == minimum):
+        if value > maximum:  # inf too; compared before float() overflows on a huge int
+            self.error(key, f"expected a number <= {maximum:g}, got {value!r}")
+            return default
+        if math.isnan(value) or value < minimum or (exclusive and value == minimum):
             self.error(key, f"expected a number {bound}, got {value!r}")
             return default
-        return number
+        return float(value)
 
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+    def integer(
+        self, key: str, default: int, *, minimum: int = 0, maximum: int = MAX_INTEGER
+    ) -> int:
+        """An integer from ``minimum`` to ``maximum``."""
         value = self._get(key)
         if value is None:
             return default
@@ -125,6 +176,9 @@ class OptionReader:
             return default
         if value < minimum:
             self.error(key, f"expected an integer >= {minimum}, got {value!r}")
+            return default
+        if value > maximum:
+            self.error(key, f"expected an integer <= {maximum}, got {value!r}")
             return default
         return value
 
@@ -157,7 +211,7 @@ class OptionReader:
             self.error(
                 key,
                 f"expected an http:// or https:// URL with a host and no query, fragment "
-                f"or credentials, got {value!r}",
+                f"or credentials, got {_redacted(value)!r}",
             )
             return None
         return url.with_path(url.path.rstrip("/"))
@@ -179,8 +233,11 @@ class OptionReader:
             return None
         value = self.environ.get(name)
         if not value:
-            self.error(key, f"environment variable {name} is not set (or is empty)")
-            return None
+            if self.require_env:
+                self.error(key, f"environment variable {name} is not set (or is empty)")
+                return None
+            self.missing_env.append((self.key(key), name))
+            return name, ""
         return name, value
 
     def table(self, key: str) -> Mapping[str, object] | None:
@@ -191,6 +248,11 @@ class OptionReader:
             self._wrong(key, "a table", value)
             return None
         return value
+
+    def value(self, key: str) -> object:
+        """The raw value of ``key`` (None when absent), for a shape no typed read
+        covers (such as an array mixing numbers and strings); marks it read."""
+        return self._get(key)
 
     def check_unknown(self) -> None:
         """Record every key of the table that no read asked for as unknown."""

@@ -34,6 +34,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from meshbridge import ERROR_BODY
+
 from ._kind import ProviderContext
 from ._options import OptionReader
 from ._sse import Event, SSEError, SSEParser
@@ -105,8 +107,10 @@ def parse_proxy_options(reader: OptionReader) -> ProxyOptions:
         connect_timeout=reader.number("connect_timeout", d.connect_timeout, exclusive=True),
         read_timeout=reader.number("read_timeout", d.read_timeout, exclusive=True),
         models=reader.strings("models"),
-        max_models=reader.integer("max_models", d.max_models, minimum=1),
-        max_body_bytes=reader.integer("max_body_bytes", d.max_body_bytes, minimum=1),
+        max_models=reader.integer("max_models", d.max_models, minimum=1, maximum=1000),
+        max_body_bytes=reader.integer(
+            "max_body_bytes", d.max_body_bytes, minimum=1, maximum=1024**3
+        ),
     )
 
 
@@ -375,6 +379,12 @@ def proxy_app(
     """An app relaying ``routes`` (method to paths) upstream; anything else is a 404."""
     proxy = Proxy(options, dialect, context)
     app = web.Application(client_max_size=options.max_body_bytes)
+
+    def error_body(status: int, reason: str, message: str) -> tuple[str, bytes]:
+        """The mesh's own errors in this provider's shape (what its SDK parses)."""
+        return "application/json", json.dumps(dialect.error(status, message)).encode()
+
+    app[ERROR_BODY] = error_body
     app.cleanup_ctx.append(proxy.upstream_session)
     for method, paths in routes.items():
         for path in paths:

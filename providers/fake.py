@@ -23,6 +23,8 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
+from meshbridge import ERROR_BODY
+
 from ._kind import Kind, ProviderContext
 from ._options import OptionReader
 from ._sse import encode
@@ -44,9 +46,15 @@ class FakeOptions:
     reply_tokens: int = 24  # tokens per reply, unless max_tokens is lower
     models: tuple[str, ...] = DEFAULT_MODELS  # listed by /v1/models; other names label as "other"
     fail_every: int = 0  # every Nth generation raises (a 500); 0: never
+    # An outage, for demos and for testing callers' resilience: from
+    # outage_after seconds after the app started, for outage_for seconds,
+    # generations answer outage_status (or, with 0, hang before the first byte).
+    outage_after: float = 0.0
+    outage_for: float = 0.0  # 0: no outage
+    outage_status: int = 529
 
     def describe(self) -> Mapping[str, str]:
-        return {
+        shown = {
             "upstream": "(in process)",
             "tokens_per_second": f"{self.tokens_per_second:g}",
             "time_to_first_token": f"{self.time_to_first_token:g}",
@@ -54,6 +62,10 @@ class FakeOptions:
             "models": ",".join(self.models),
             "fail_every": str(self.fail_every),
         }
+        if self.outage_for:
+            what = self.outage_status or "hang"
+            shown["outage"] = f"{what} from {self.outage_after:g}s for {self.outage_for:g}s"
+        return shown
 
 
 def parse_options(reader: OptionReader) -> FakeOptions:
@@ -62,10 +74,23 @@ def parse_options(reader: OptionReader) -> FakeOptions:
     return FakeOptions(
         tokens_per_second=reader.number("tokens_per_second", d.tokens_per_second),
         time_to_first_token=reader.number("time_to_first_token", d.time_to_first_token),
-        reply_tokens=reader.integer("reply_tokens", d.reply_tokens, minimum=1),
+        reply_tokens=reader.integer("reply_tokens", d.reply_tokens, minimum=1, maximum=1_000_000),
         models=reader.strings("models", d.models),
         fail_every=reader.integer("fail_every", d.fail_every),
+        outage_after=reader.number("outage_after", d.outage_after),
+        outage_for=reader.number("outage_for", d.outage_for),
+        outage_status=_outage_status(reader, d.outage_status),
     )
+
+
+def _outage_status(reader: OptionReader, default: int) -> int:
+    status = reader.integer("outage_status", default, maximum=599)
+    if status and status < 400:
+        reader.error(
+            "outage_status", f"expected 0 (hang) or an error status 400 to 599, got {status}"
+        )
+        return default
+    return status
 
 
 class FakeFailure(RuntimeError):
@@ -81,6 +106,16 @@ class _Fake:
         self.labels = ModelLabels(options.models, len(options.models))
         self._generations = itertools.count(1)
         self._ids = itertools.count(1)
+        self.started = time.monotonic()  # set again when the app starts
+
+    async def on_startup(self, app: web.Application) -> None:
+        self.started = time.monotonic()
+
+    def outage(self) -> bool:
+        """Whether this moment falls in the configured outage."""
+        o = self.options
+        elapsed = time.monotonic() - self.started
+        return bool(o.outage_for) and o.outage_after <= elapsed < o.outage_after + o.outage_for
 
     def next_id(self, prefix: str) -> str:
         return f"{prefix}{self.provider}-{next(self._ids):08d}"
@@ -103,6 +138,23 @@ class _Fake:
 
 
 FAKE: web.AppKey[_Fake] = web.AppKey("meshbridge_fake", _Fake)
+
+
+class _ErrorTypes(dict[int, str]):
+    """Error types by status, as the Anthropic API names them."""
+
+    def __missing__(self, status: int) -> str:
+        return "api_error" if status >= 500 else "invalid_request_error"
+
+
+_TYPES: Final = _ErrorTypes(
+    {
+        429: "rate_limit_error",
+        503: "overloaded_error",
+        504: "timeout_error",
+        529: "overloaded_error",
+    }
+)
 
 
 def _openai_error(status: int, message: str, type_: str = "invalid_request_error") -> web.Response:
@@ -302,6 +354,12 @@ async def _generate(request: web.Request, wire: _Wire) -> web.StreamResponse:
     body = await _read(request, anthropic=wire.anthropic, needs_max_tokens=wire.anthropic)
     if isinstance(body, web.Response):
         return body
+    if fake.outage():
+        status = fake.options.outage_status
+        if not status:
+            await asyncio.Event().wait()  # hang before the first byte, until cancelled
+        error = _anthropic_error if wire.anthropic else _openai_error
+        return error(status, f"fake provider {fake.provider!r} is in its outage", _TYPES[status])
     fake.start_generation()
     started = time.perf_counter()
     reply = wire.reply(fake, body)
@@ -370,10 +428,19 @@ async def not_found(request: web.Request) -> web.Response:
     return _openai_error(404, message, "not_found_error")
 
 
+def error_body(status: int, reason: str, message: str) -> tuple[str, bytes]:
+    """The mesh's own errors (an open circuit, a timeout...) for a fake provider:
+    one body that both the OpenAI and the Anthropic SDKs parse as an error."""
+    error = {"type": _TYPES[status], "message": message, "param": None, "code": reason}
+    return "application/json", json.dumps({"type": "error", "error": error}).encode()
+
+
 def create_app(options: FakeOptions, context: ProviderContext) -> web.Application:
     """A fake LLM provider app (see the module docstring for what it serves)."""
     app = web.Application()
-    app[FAKE] = _Fake(options, context)
+    fake = app[FAKE] = _Fake(options, context)
+    app.on_startup.append(fake.on_startup)
+    app[ERROR_BODY] = error_body
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_message_tokens)

@@ -1,6 +1,7 @@
 """The ``meshbridge`` command.
 
 meshbridge check CONFIG      validate a config: every error, exit 1; exit 0 when clean
+                             (--no-env: unset *_env variables are warnings, for CI)
 meshbridge routes CONFIG     print the router table: name, kind, upstream, options
 meshbridge serve CONFIG      serve the providers over HTTP (SIGHUP reloads)
 meshbridge reload CONFIG     make the running `serve` of CONFIG reload it
@@ -13,18 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from meshbridge import ConfigError
 from meshbridge.providers import kinds
 
-from ._config import load_config, parse_listen
+from ._config import Config, load_config, parse_listen
 from ._demo import run_demo
-from ._service import Service, pid_file_for, serve_until_signalled
+from ._pidfile import PidFileError, pid_file_for, read_pid_file, signal_serve
+from ._service import Service, serve_until_signalled
 
 __all__ = ["main"]
 
@@ -36,6 +37,10 @@ def _listen(value: str) -> tuple[str, int]:
     if address is None:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return address
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _seconds(value: str) -> float:
@@ -58,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path, metavar="CONFIG")
     routes = commands.add_parser("routes", help="print the router table of a config file")
     routes.add_argument("config", type=Path, metavar="CONFIG")
+    for command in (check, routes):
+        command.add_argument(
+            "--no-env",
+            action="store_true",
+            help="check without the secrets: unset *_env variables are warnings, not errors",
+        )
     serve = commands.add_parser("serve", help="serve the providers of a config over HTTP")
     serve.add_argument("config", type=Path, metavar="CONFIG")
     serve.add_argument(
@@ -65,7 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     reload = commands.add_parser("reload", help="make a running `serve` reload its config")
     reload.add_argument("config", type=Path, metavar="CONFIG", nargs="?")
-    reload.add_argument("--pid", type=int, help="signal this pid (the config is not checked)")
+    reload.add_argument(
+        "--pid",
+        type=int,
+        help="signal this pid, once /proc shows it is `meshbridge serve` (of CONFIG, if given)",
+    )
     demo = commands.add_parser("demo", help="fake providers under a live workload")
     demo.add_argument(
         "--config", type=Path, metavar="FILE", help="a config instead of the built-in one"
@@ -96,20 +111,31 @@ def _errors(exc: ConfigError) -> int:
     return 1
 
 
-def check(config: Path) -> int:
+def _unset(loaded: Config, out: TextIO) -> None:
+    for key, variable in loaded.missing_env:
+        print(
+            f"{loaded.path}: {key}: warning: environment variable {variable} is not set", file=out
+        )
+
+
+def check(config: Path, *, no_env: bool = False) -> int:
     try:
-        loaded = load_config(config)
+        loaded = load_config(config, require_env=not no_env)
     except ConfigError as exc:
         return _errors(exc)
-    print(f"{config}: ok, {len(loaded.providers)} providers: {', '.join(loaded.providers)}")
+    _unset(loaded, sys.stdout)
+    unset = len(loaded.missing_env)
+    note = f" ({unset} variable{'s' if unset != 1 else ''} not set)" if unset else ""
+    print(f"{config}: ok{note}, {len(loaded.providers)} providers: {', '.join(loaded.providers)}")
     return 0
 
 
-def routes(config: Path) -> int:
+def routes(config: Path, *, no_env: bool = False) -> int:
     try:
-        loaded = load_config(config)
+        loaded = load_config(config, require_env=not no_env)
     except ConfigError as exc:
         return _errors(exc)
+    _unset(loaded, sys.stderr)
     rows = [("NAME", "KIND", "UPSTREAM", "OPTIONS")]
     for name, provider in loaded.providers.items():
         shown = dict(provider.describe())
@@ -138,11 +164,12 @@ async def _serve(config: Path, listen: tuple[str, int] | None) -> int:
     except ConfigError as exc:
         return _errors(exc)
     host, port = listen if listen else (None, None)
+    tried = _address(*listen) if listen else loaded.server.listen  # what the error is about
     try:
         service = Service(loaded, host=host, port=port)
         await service.start()
     except OSError as exc:
-        log.error("cannot listen on %s: %s", loaded.server.listen, exc)
+        log.error("cannot listen on %s: %s", tried, exc)
         return 1
     try:
         if not loaded.server.clients:
@@ -155,25 +182,30 @@ async def _serve(config: Path, listen: tuple[str, int] | None) -> int:
 
 
 def reload(config: Path | None, pid: int | None) -> int:
-    if pid is None:
-        if config is None:
-            print("meshbridge reload: give CONFIG (the file `serve` runs) or --pid")
-            return 2
+    """SIGHUP to the ``meshbridge serve`` of ``config`` (found by its pid file,
+    or the given pid); nothing is signalled unless /proc shows that process
+    runs ``meshbridge serve`` of that config."""
+    if pid is None and config is None:
+        print("meshbridge reload: give CONFIG (the file `serve` runs) or --pid")
+        return 2
+    if config is not None:
         try:
             loaded = load_config(config)
         except ConfigError as exc:
-            print("not reloading: the server would reject this config (or use --pid)")
+            print("not reloading: the server would reject this config")
             return _errors(exc)
-        pid_file = pid_file_for(loaded)
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError) as exc:
-            print(f"no running `meshbridge serve {config}` found ({pid_file}: {exc})")
-            return 1
+        if pid is None:
+            pid_file = pid_file_for(loaded)
+            try:
+                pid = read_pid_file(pid_file)
+            except PidFileError as exc:
+                print(f"no running `meshbridge serve {config}` found: {exc}")
+                return 1
+    assert pid is not None
     try:
-        os.kill(pid, signal.SIGHUP)
-    except OSError as exc:
-        print(f"cannot signal pid {pid}: {exc}")
+        signal_serve(pid, config)
+    except PidFileError as exc:
+        print(f"not reloading: {exc}")
         return 1
     print(f"sent SIGHUP to pid {pid}: the server logs the result and counts it")
     print("in meshbridge_config_reloads_total{result}")
@@ -189,9 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "check":
-        return check(args.config)
+        return check(args.config, no_env=args.no_env)
     if args.command == "routes":
-        return routes(args.config)
+        return routes(args.config, no_env=args.no_env)
     if args.command == "serve":
         return asyncio.run(_serve(args.config, args.listen))
     if args.command == "reload":

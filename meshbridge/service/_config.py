@@ -17,22 +17,29 @@ keys, wrong types, unknown kinds, bad names, bad URLs, unset environment
 variables) is collected with the file, the key path and what was expected,
 and :class:`ConfigError` carries them all. Nothing is built from a config
 with errors, so a bad file never starts (or reloads into) half a mesh.
+
+Every bad file is a :class:`ConfigError`, whatever is wrong with it: a file
+over 1 MiB, bytes that are not UTF-8, tables and arrays nested deeper than 32
+levels, more than 1,000 providers, and numbers out of their range are
+reported with their place like any other mistake.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from aiohttp import web
 
-from meshbridge import ConfigError, Source, check_api_key_id, check_provider_name
+from meshbridge import ConfigError, Policy, Route, Source, check_api_key_id, check_provider_name
 from meshbridge.providers import Kind, OptionReader, Plan, ProviderContext, kinds
+
+from ._policies import check_names, parse_policy, parse_route
+from ._toml import MAX_DEPTH, read_toml, too_deep
 
 __all__ = [
     "ClientConfig",
@@ -45,6 +52,7 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN: Final = "127.0.0.1:8080"
+MAX_PROVIDERS: Final = 1000
 _LISTEN_RE: Final = re.compile(
     r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})"
 )
@@ -62,6 +70,7 @@ class ClientConfig:
     token: str = field(repr=False)
     source: Source
     api_key_id: str | None = None
+    providers: frozenset[str] | None = None  # the providers it may use (None: all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,11 @@ class ServerConfig:
     grace_period: float = 10.0  # seconds in-flight requests get on shutdown and reload
     pid_file: Path | None = None  # where `serve` writes its pid, for `meshbridge reload`
     clients: tuple[ClientConfig, ...] = ()
+    header_timeout: float = 10.0  # seconds for a whole request head
+    body_timeout: float = 30.0  # longest gap, in seconds, between request body bytes
+    idle_timeout: float = 60.0  # seconds a kept-alive connection may wait for its next request
+    max_connections: int = 1024  # per listener; beyond it, a 503 and close
+    admin: tuple[str, int] | None = None  # admin_listen: /metrics and /readyz apart
 
     @property
     def listen(self) -> str:
@@ -88,6 +102,7 @@ class ProviderConfig:
     kind: str
     plan: Plan
     require_api_key_id: bool = False
+    policy: Policy | None = None  # [providers.NAME.policy]
 
     def describe(self) -> Mapping[str, str]:
         return self.plan.describe()
@@ -95,14 +110,34 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """A whole config file, validated."""
+    """A whole config file, validated.
+
+    ``missing_env`` lists ``(key path, variable)`` for every unset variable
+    of a config read with ``require_env=False``; such a config is for
+    checking only, and :meth:`build` refuses it.
+    """
 
     path: Path
     server: ServerConfig
     providers: Mapping[str, ProviderConfig]
+    missing_env: tuple[tuple[str, str], ...] = ()
+    routes: Mapping[str, Route] = field(default_factory=dict)  # [routes.NAME]
+
+    @property
+    def policies(self) -> dict[str, Policy]:
+        """The providers' policies, by provider name (those with one)."""
+        return {n: p.policy for n, p in self.providers.items() if p.policy is not None}
 
     def build(self, name: str) -> web.Application:
-        """A new app for provider ``name``."""
+        """A new app for provider ``name``.
+
+        Raises:
+            ConfigError: the config was read without its environment variables.
+        """
+        if self.missing_env:
+            unset = [(key, f"environment variable {var} is not set (or is empty)")
+                     for key, var in self.missing_env]  # fmt: skip
+            raise ConfigError(unset, self.path)
         return self.providers[name].plan.build(ProviderContext(name))
 
 
@@ -114,7 +149,9 @@ def parse_listen(value: str) -> tuple[str, int] | None:
     return match["v6"] or match["host"], int(match["port"])
 
 
-def _server(reader: OptionReader, errors: Problems) -> ServerConfig:
+def _server(
+    reader: OptionReader, errors: Problems, providers: Collection[str] | None = None
+) -> ServerConfig:
     d = ServerConfig()
     listen = reader.string("listen", DEFAULT_LISTEN)
     address = parse_listen(listen)
@@ -128,7 +165,7 @@ def _server(reader: OptionReader, errors: Problems) -> ServerConfig:
         if not isinstance(raw, Mapping):
             errors.append((where, "expected a table with token or token_env, and source"))
             continue
-        client = OptionReader(raw, where, environ=reader.environ, errors=errors)
+        client = reader.child(raw, where)
         literal = client.string("token", "")
         from_env = client.env("token_env")
         token = from_env[1] if from_env else literal
@@ -143,19 +180,64 @@ def _server(reader: OptionReader, errors: Problems) -> ServerConfig:
         source = _checked(client, "source", Source, client.string("source", "api"))
         key_id = client.string("api_key_id", "")
         api_key_id = _checked(client, "api_key_id", check_api_key_id, key_id) if key_id else None
+        scope = _scope(client, providers)
         client.check_unknown()
         if token and source is not None:
-            clients.append(ClientConfig(name, token, source, api_key_id))
+            clients.append(ClientConfig(name, token, source, api_key_id, scope))
     server = ServerConfig(
         host=address[0] if address else d.host,
         port=address[1] if address else d.port,
-        max_body_bytes=reader.integer("max_body_bytes", d.max_body_bytes, minimum=1),
-        grace_period=reader.number("grace_period", d.grace_period),
+        max_body_bytes=reader.integer(
+            "max_body_bytes", d.max_body_bytes, minimum=1, maximum=1024**3
+        ),
+        grace_period=reader.number("grace_period", d.grace_period, maximum=3600),
         pid_file=Path(pid_file) if pid_file else None,
         clients=tuple(clients),
+        header_timeout=_seconds(reader, "header_timeout", d.header_timeout),
+        body_timeout=_seconds(reader, "body_timeout", d.body_timeout),
+        idle_timeout=_seconds(reader, "idle_timeout", d.idle_timeout),
+        max_connections=reader.integer(
+            "max_connections", d.max_connections, minimum=1, maximum=1_000_000
+        ),
+        admin=_admin_listen(reader, address),
     )
     reader.check_unknown()
     return server
+
+
+def _seconds(reader: OptionReader, key: str, default: float) -> float:
+    return reader.number(key, default, minimum=0, exclusive=True, maximum=86400)
+
+
+def _admin_listen(reader: OptionReader, public: tuple[str, int] | None) -> tuple[str, int] | None:
+    value = reader.string("admin_listen", "")
+    if not value:
+        return None
+    address = parse_listen(value)
+    if address is None:
+        expected = "expected HOST:PORT (such as '127.0.0.1:9090')"
+        reader.error("admin_listen", f"{expected}, got {value!r}")
+    elif address == public and address[1] != 0:
+        reader.error("admin_listen", f"expected another address than listen, got {value!r}")
+        return None
+    return address
+
+
+def _scope(client: OptionReader, providers: Collection[str] | None) -> frozenset[str] | None:
+    """A client's ``providers``: names of ``[providers.NAME]`` tables (None: all)."""
+    given, counted = client.has("providers"), len(client.errors)
+    names = client.strings("providers")
+    if not given or len(client.errors) > counted:
+        return None
+    if not names:
+        client.error("providers", "expected at least one provider name")
+        return None
+    unknown = [n for n in names if providers is not None and n not in providers]
+    if unknown:
+        known = ", ".join(providers or ()) or "none"
+        listed = ", ".join(repr(n) for n in unknown)
+        client.error("providers", f"no provider named {listed} (the providers: {known})")
+    return frozenset(names)
 
 
 def _checked(reader: OptionReader, key: str, check: Callable[[str], T], value: str) -> T | None:
@@ -174,65 +256,102 @@ def _provider(
     except ValueError as exc:
         reader.error("", str(exc))
         return None
+    counted = len(reader.errors)
     kind_name = reader.string("kind", "")
+    not_a_string = len(reader.errors) > counted  # already reported: one mistake, one error
     require = reader.boolean("require_api_key_id", False)
     kind = known.get(kind_name)
     if kind is None:
-        got = f"got {kind_name!r}" if kind_name else "it is missing"
-        reader.error("kind", f"expected one of: {', '.join(known)}; {got}")
+        if not not_a_string:
+            got = f"got {kind_name!r}" if kind_name else "it is missing"
+            reader.error("kind", f"expected one of: {', '.join(known)}; {got}")
         return None
+    policy_table = reader.table("policy")
+    policy = None
+    if policy_table is not None:
+        policy = parse_policy(reader.child(policy_table, reader.key("policy")))
     plan = kind.prepare(reader)
     reader.check_unknown()
-    return ProviderConfig(name, kind_name, plan, require)
+    return ProviderConfig(name, kind_name, plan, require, policy)
 
 
 def parse_config(
     data: Mapping[str, object],
     path: str | os.PathLike[str],
     environ: Mapping[str, str] | None = None,
+    *,
+    require_env: bool = True,
 ) -> Config:
     """Validate a config already read from TOML (see :func:`load_config`)."""
     environ = os.environ if environ is None else environ
+    deep = too_deep(data)
+    if deep is not None:
+        raise ConfigError([(deep, f"nested deeper than {MAX_DEPTH} tables and arrays")], path)
     errors: Problems = []
-    top = OptionReader(data, "", environ=environ, errors=errors)
-    server_table = top.table("server") or {}
-    server = _server(OptionReader(server_table, "server", environ=environ, errors=errors), errors)
+    missing: list[tuple[str, str]] = []
+    top = OptionReader(data, "", environ=environ, errors=errors, require_env=require_env,
+                       missing_env=missing)  # fmt: skip
+    tables_seen = data.get("providers")
+    names = list(tables_seen) if isinstance(tables_seen, Mapping) else None
+    server = _server(top.child(top.table("server") or {}, "server"), errors, names)
     providers: dict[str, ProviderConfig] = {}
     tables = top.table("providers")
     if not tables:
         errors.append(("providers", "expected at least one [providers.NAME] table"))
+    elif len(tables) > MAX_PROVIDERS:
+        message = f"{len(tables)} providers, more than the limit of {MAX_PROVIDERS}"
+        errors.append(("providers", message))
+        tables = None
     known = kinds()
     for name, raw in (tables or {}).items():
         where = f"providers.{name}"
         if not isinstance(raw, Mapping):
             errors.append((where, "expected a table with kind = ... and its options"))
             continue
-        reader = OptionReader(raw, where, environ=environ, errors=errors)
-        provider = _provider(name, reader, known)
+        provider = _provider(name, top.child(raw, where), known)
         if provider is not None:
             providers[name] = provider
+    routes: dict[str, Route] = {}
+    for name, raw in (top.table("routes") or {}).items():
+        where = f"routes.{name}"
+        try:
+            check_provider_name(name)  # a route's name is a URL host too
+        except ValueError as exc:
+            errors.append((where, str(exc).replace("provider name", "route name", 1)))
+            continue
+        if not isinstance(raw, Mapping):
+            errors.append((where, "expected a table with split = { provider = weight, ... }"))
+            continue
+        route = parse_route(top.child(raw, where))
+        if route is not None:
+            routes[name] = route
+    policies = {n: p.policy for n, p in providers.items() if p.policy is not None}
+    if tables and len(providers) == len(tables):  # names are only checked against a whole table
+        check_names(providers, policies, routes, errors)
     top.check_unknown()
     if errors:
         raise ConfigError(errors, path)
-    return Config(Path(path), server, providers)
+    return Config(Path(path), server, providers, tuple(missing), routes)
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_env: bool = True,
+) -> Config:
     """Read and validate a TOML config file.
 
     Args:
-        path: the file.
+        path: the file (UTF-8 TOML, at most 1 MiB).
         environ: where ``*_env`` options are looked up (``os.environ``).
+        require_env: False to check a config without its secrets: unset
+            variables are listed in :attr:`Config.missing_env` instead of
+            being errors, and the config can be checked but not built.
 
     Raises:
         ConfigError: the file cannot be read, is not TOML, or has errors;
             every error found is listed, each with its key path.
     """
-    try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise ConfigError([("", f"cannot read the file: {exc.strerror or exc}")], path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([("", f"not valid TOML: {exc}")], path) from None
-    return parse_config(data, path, environ)
+    data = read_toml(path)
+    return parse_config(data, path, environ, require_env=require_env)

@@ -68,7 +68,30 @@ tokens_per_second = 150
 time_to_first_token = 0.08
 fail_every = 17
 models = ["fake-claude"]
+
+# A provider with an outage (529s from 3 s after it starts, for 4 s), behind
+# a policy: its breaker opens, its fallback carries the traffic, callers
+# still succeed, and the breaker closes again once the outage is over.
+[providers.flaky]
+kind = "fake"
+tokens_per_second = 300
+time_to_first_token = 0.03
+models = ["fake-small"]
+outage_after = 3.0
+outage_for = 4.0
+outage_status = 529
+
+[providers.flaky.policy]
+retries = 1
+retry_backoff = [0.02, 0.2]
+fallback = ["local"]
+circuit_breaker = {{ failures = 5, interval = 5.0, open_for = 2.0, half_open = 2 }}
+
+# Callers of http://chat/... go to flaky or local-anthropic by weight.
+[routes.chat]
+split = {{ flaky = 80, local-anthropic = 20 }}
 """
+_CIRCUIT: Final = {0.0: "closed", 0.5: "half-open", 1.0: "open"}
 _VARIANTS: Final = (200, 300)  # tokens_per_second of `local`, swapped at each reload
 _RELOAD_EVERY: Final = 4.0
 _OUTSIDE_EVERY: Final = 1.0
@@ -134,7 +157,8 @@ def _wire(config: Config, provider: str, turn: int) -> str:
 
 def _model(config: Config, provider: str, wire: str) -> str:
     """A model the provider lists (so its tokens keep their label)."""
-    options = config.providers[provider].plan.options
+    found = config.providers.get(provider)  # None for a route
+    options = found.plan.options if found is not None else None
     if isinstance(options, FakeOptions) and options.models:
         return options.models[0]
     return "fake-claude" if wire == "anthropic" else "fake-small"
@@ -153,7 +177,15 @@ class Demo:
         self.rejected = 0
         self.started = time.perf_counter()
         config = service.reloader.config
-        self.providers = [n for n, p in config.providers.items() if p.kind == "fake"]
+        # The agents' round-robin skips providers with an outage: those are
+        # reached through routes (and their policies), by route_agent.
+        self.providers = [
+            n
+            for n, p in config.providers.items()
+            if p.kind == "fake"
+            and not (isinstance(p.plan.options, FakeOptions) and p.plan.options.outage_for)
+        ]
+        self.routes = list(config.routes)
         self.client = config.server.clients[0] if config.server.clients else None
 
     def row(self, provider: str, source: str, route: str) -> Row:
@@ -271,12 +303,86 @@ class Demo:
             rows = self.rows.values()
             requests, errors = sum(r.requests for r in rows), sum(r.errors for r in rows)
             cancelled, tokens = sum(r.cancelled for r in rows), sum(r.tokens for r in rows)
+            registry = self.service.mesh.registry
+            circuits = "".join(
+                f", circuit {name} {_CIRCUIT.get(level, '?')}"
+                for name in self.service.mesh.policies
+                if (
+                    level := registry.get_sample_value(
+                        "meshbridge_circuit_state", {"provider": name}
+                    )
+                )
+                is not None
+            )
             self.out.write(
                 f"[{time.perf_counter() - self.started:6.1f}s] {requests} requests, "
                 f"{errors} errors, {cancelled} cancelled, {tokens} tokens, "
-                f"{self.reloads} reloads, {self.rejected} rejected at the gate\n"
+                f"{self.reloads} reloads, {self.rejected} rejected at the gate{circuits}\n"
             )
             self.out.flush()
+
+    async def route_agent(self, source: str, worker: int) -> None:
+        """A caller of the config's routes: traffic policies at work."""
+        if not self.routes:
+            return
+        async with self.service.mesh.session(source=Source(source)) as session:
+            for n in range(worker, 1 << 62):
+                route = self.routes[n % len(self.routes)]
+                row = self.row(route, source, "route/openai")
+                await self._call(session, f"http://{route}", route, "openai", row, n, max_tokens=12)
+                await asyncio.sleep(0.02)
+
+    def resilience(self) -> list[str]:
+        """What the traffic policies did, from the mesh's own metrics."""
+        totals: dict[tuple[str, ...], float] = {}
+        for family in self.service.mesh.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total") or sample.name == "meshbridge_circuit_state":
+                    key = (sample.name, *sorted(f"{k}={v}" for k, v in sample.labels.items()))
+                    totals[key] = totals.get(key, 0.0) + sample.value
+
+        def total(name: str, **labels: str) -> float:
+            wanted = {f"{k}={v}" for k, v in labels.items()}
+            return sum(v for k, v in totals.items() if k[0] == name and wanted <= set(k[1:]))
+
+        lines = []
+        for route in self.routes:
+            calls = total("meshbridge_calls_total", target=route)
+            ok = sum(
+                v
+                for k, v in totals.items()
+                if k[0] == "meshbridge_calls_total"
+                and f"target={route}" in k
+                and "outcome=completed" in k
+                and any(x.startswith("code=") and x[5:6] in "1234" for x in k)
+            )
+            if calls:
+                lines.append(f"route {route}: {ok / calls:.1%} of {calls:.0f} calls succeeded")
+        for name, guard in self.service.reloader.config.policies.items():
+            opened = total("meshbridge_circuit_transitions_total", provider=name, to="open")
+            closed = total("meshbridge_circuit_transitions_total", provider=name, to="closed")
+            retries = total("meshbridge_retries_total", provider=name)
+            moved = total("meshbridge_fallbacks_total", provider=name)
+            refused = total("meshbridge_rejected_total", provider=name)
+            served = total("meshbridge_requests_total", provider=name)
+            failed = sum(
+                v
+                for k, v in totals.items()
+                if k[0] == "meshbridge_requests_total"
+                and f"provider={name}" in k
+                and any(x.startswith("code=5") for x in k)
+            )
+            breaker = (
+                f"circuit opened {opened:.0f}x, closed {closed:.0f}x; "
+                if guard.circuit_breaker is not None
+                else ""
+            )
+            lines.append(
+                f"provider {name}: {breaker}{failed:.0f} of {served:.0f} attempts failed, "
+                f"{retries:.0f} retried, {moved:.0f} moved to a fallback, "
+                f"{refused:.0f} refused at the mesh"
+            )
+        return lines
 
     def summary(self) -> str:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -304,7 +410,7 @@ class Demo:
             f"{elapsed:.1f}s, {self.reloads} config reloads, "
             f"{self.rejected} calls rejected at the gate (401)"
         )
-        return "\n".join([*text, footer])
+        return "\n".join([*text, footer, *self.resilience()])
 
 
 async def run_demo(
@@ -345,6 +451,7 @@ async def run_demo(
                 *(demo.agent("agents", w, 24, cancel_every=5) for w in range(4)),
                 *(demo.agent("api", w, 8, cancel_every=0) for w in range(2)),
                 *(demo.agent("batch", w, 64, cancel_every=0) for w in range(2)),
+                *(demo.route_agent("agents", w) for w in range(4)),
                 demo.outside(),
                 demo.reload(),
                 demo.progress(),

@@ -2,20 +2,37 @@
 
 Rules of the gateway:
 
-1. The gate comes first. Every ``/<provider>/...`` request must carry
-   ``Authorization: Bearer <token>`` matching a configured client (compared
-   in constant time, against every client); anything else is a 401 that never
-   reaches a provider, and does not learn which providers exist.
+1. The gate comes first. Every ``/<provider>/...`` request must carry one
+   ``Authorization: Bearer <token>`` header matching a configured client
+   (compared in constant time, against every client); a second header is a
+   400, anything else a 401 that never reaches a provider, and does not learn
+   which providers exist.
 2. Outside callers never choose who they are. The client's configured Source
    and API key id are set by the server (``use_source``/``use_api_key_id``)
    and the gate's ``Authorization`` header is not forwarded; the mesh carries
    identity beside the request, so no header can forge it.
-3. Requests are forwarded through ``mesh.session()`` to
+3. One provider name per request: the first path segment, percent-decoded
+   once. That name is the one the client's scope (``providers``) allows or
+   refuses with 403, the one logged and the one routed to; the rest of the
+   path goes upstream exactly as it came. Encoded slashes and backslashes,
+   dot-segments and control characters are a 400, never forwarded.
+4. Nothing is read of a body before the gate, the scope, the provider and
+   the declared size are checked: ``Expect: 100-continue`` is answered only
+   then, and a refusal to such a request closes the connection unread. The
+   body's gaps are bounded by ``body_timeout`` (408), its size by
+   ``max_body_bytes`` (413).
+5. Requests are forwarded through ``mesh.session()`` to
    ``http://<provider>/...``; responses stream back chunk by chunk, and a
    provider stream that breaks breaks the caller's stream too.
-4. ``/metrics`` (the mesh registry), ``/healthz`` (the process is up) and
-   ``/readyz`` (every provider started, not shutting down) need no token.
-5. One structured access-log line per request (logger ``meshbridge.access``).
+6. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
+   shutting down) and ``/metrics`` (the mesh registry) need no token. With
+   ``admin_listen`` they are served on that listener only (``/healthz`` on
+   both), and the admin listener serves nothing else.
+7. One structured access-log line per request (logger ``meshbridge.access``),
+   also for what never reached a handler (malformed HTTP, head timeouts).
+
+The connection-level rules (timeouts, the connection cap, fixed answers to
+malformed HTTP, the ``Server`` header) are in ``_http_guard.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +53,16 @@ from yarl import URL
 
 from meshbridge import MeshError, MissingAPIKeyID, ProviderNotFound, use_api_key_id, use_source
 
-from ._config import ClientConfig
+from ._config import ClientConfig, ServerConfig
+from ._http_guard import (
+    Limits,
+    answer_and_close,
+    listener_of,
+    provider_path,
+    server_header,
+    track_requests,
+)
+from ._http_guard import json_error as _error
 from ._reload import Reloader
 
 __all__ = ["Gateway"]
@@ -50,6 +76,7 @@ _DROP_REQUEST: Final = frozenset(
         "authorization",
         "connection",
         "content-length",
+        "expect",
         "host",
         "keep-alive",
         "proxy-authorization",
@@ -63,16 +90,23 @@ _DROP_REQUEST: Final = frozenset(
 _DROP_RESPONSE: Final = frozenset(
     {"connection", "content-length", "keep-alive", "transfer-encoding", "upgrade", "server", "date"}
 )
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 CLIENT: Final = web.RequestKey("meshbridge_client", ClientConfig)
 PROVIDER: Final = web.RequestKey("meshbridge_provider", str)
 RESPONSE: Final = web.RequestKey("meshbridge_response", web.StreamResponse)
 SENT: Final = web.RequestKey("meshbridge_sent", int)  # body bytes relayed so far
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-def _error(status: int, type_: str, message: str, **extra: object) -> web.Response:
-    body = {"error": {"type": type_, "message": message, **extra}}
-    return web.json_response(body, status=status)
+
+async def _no_continue(request: web.Request) -> None:
+    """Routes never answer ``Expect: 100-continue`` before their handler:
+    the gateway does, once the request has passed the gate (rule 4)."""
+
+
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return request.version >= (1, 1) and "Expect" in request.headers
 
 
 class Gateway:
@@ -82,21 +116,37 @@ class Gateway:
         self.reloader = reloader
         self.mesh = reloader.mesh
         self.ready = False
+        # fixed at start: a separate admin listener needs a restart
+        self.admin_apart = reloader.config.server.admin is not None
         self._session: aiohttp.ClientSession | None = None
 
     @property
+    def settings(self) -> ServerConfig:
+        return self.reloader.config.server
+
+    @property
     def max_body_bytes(self) -> int:
-        return self.reloader.config.server.max_body_bytes
+        return self.settings.max_body_bytes
+
+    def limits(self) -> Limits:
+        """The connection limits of the running config (new connections)."""
+        s = self.settings
+        return Limits(s.header_timeout, s.idle_timeout, s.max_connections)
 
     def app(self) -> web.Application:
-        """The server's ``web.Application``."""
-        app = web.Application(middlewares=[self._access_log])
+        """The server's ``web.Application`` (public and admin routes)."""
+        app = web.Application(middlewares=[track_requests, self._access_log])
+        app.on_response_prepare.append(server_header)
         app.cleanup_ctx.append(self._mesh_session)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self.mesh.metrics_handler())
-        app.router.add_route("*", "/{provider}/{tail:.*}", self._forward)
-        app.router.add_route("*", "/{tail:.*}", self._no_route)
+        routes: list[tuple[str, str, Handler]] = [
+            ("GET", "/healthz", self._healthz),
+            ("GET", "/readyz", self._admin(self._readyz)),
+            ("GET", "/metrics", self._admin(self.mesh.metrics_handler())),
+            ("*", "/{provider}/{tail:.*}", self._forward),
+            ("*", "/{tail:.*}", self._no_route),
+        ]
+        for method, path, handler in routes:
+            app.router.add_route(method, path, handler, expect_handler=_no_continue)
         return app
 
     async def _mesh_session(self, app: web.Application) -> AsyncIterator[None]:
@@ -108,6 +158,20 @@ class Gateway:
 
     # -- routes ----------------------------------------------------------------
 
+    def _on_admin(self, request: web.BaseRequest) -> bool:
+        listener = listener_of(request)
+        return listener is not None and listener.admin
+
+    def _admin(self, handler: Handler) -> Handler:
+        """Served on the admin listener when there is one, else on the public one."""
+
+        async def admin_only(request: web.Request) -> web.StreamResponse:
+            if self.admin_apart and not self._on_admin(request):
+                return await self._no_route(request)
+            return await handler(request)
+
+        return admin_only
+
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -117,42 +181,75 @@ class Gateway:
         return web.json_response({"status": "ready", "providers": list(self.mesh.providers)})
 
     async def _no_route(self, request: web.Request) -> web.Response:
-        return _error(
-            404,
-            "not_found",
-            "use /<provider>/..., /metrics, /healthz or /readyz",
-        )
+        if self._on_admin(request):
+            message = "the admin listener serves /metrics, /healthz and /readyz"
+        elif self.admin_apart:
+            message = "use /<provider>/... or /healthz"
+        else:
+            message = "use /<provider>/..., /metrics, /healthz or /readyz"
+        return _error(404, "not_found", message)
 
     def client_for(self, request: web.BaseRequest) -> ClientConfig | None:
-        """The configured client whose token the request carries, or None."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        """The configured client whose token the request carries, or None
+        (also for more than one ``Authorization`` header)."""
+        offered_headers = request.headers.getall("Authorization", [])
+        if len(offered_headers) != 1:
+            return None
+        scheme, _, token = offered_headers[0].partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
         offered = token.strip().encode()
         found = None
-        for client in self.reloader.config.server.clients:
+        for client in self.settings.clients:
             # every client is compared, so timing does not tell which one matched
             if hmac.compare_digest(offered, client.token.encode()):
                 found = client
         return found
 
+    async def _refuse(
+        self, request: web.Request, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """A refusal before the body was read: a caller waiting for
+        ``100 Continue`` never gets it, and its connection closes unread."""
+        if _expects_continue(request) and not request.content.is_eof():
+            return await answer_and_close(request, response)
+        return response
+
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if self._on_admin(request):
+            return await self._refuse(request, await self._no_route(request))
+        if len(request.headers.getall("Authorization", [])) > 1:
+            message = "more than one Authorization header"
+            return await self._refuse(request, _error(400, "invalid_request_error", message))
         client = self.client_for(request)
         if client is None:
             denied = _error(401, "authentication_error", "missing or invalid bearer token")
             denied.headers["WWW-Authenticate"] = 'Bearer realm="meshbridge"'
-            return denied
+            return await self._refuse(request, denied)
         request[CLIENT] = client
-        name = request.match_info["provider"]
-        if name not in self.mesh:
-            return self._unknown(name)
+        try:
+            name, path = provider_path(request.rel_url.raw_path)
+        except ValueError as exc:
+            return await self._refuse(request, _error(400, "invalid_request_error", str(exc)))
         request[PROVIDER] = name
-        body = await self._body(request)
+        refused = self._check(request, client, name)
+        if refused is not None:
+            return await self._refuse(request, refused)
+        if _expects_continue(request):
+            await request.writer.write(_CONTINUE)
+            request.writer.output_size = 0  # the response proper has not started
+        try:
+            body = await self._body(request)
+        except TimeoutError:
+            message = f"no request body bytes for {self.settings.body_timeout:g} s"
+            return await answer_and_close(request, _error(408, "timeout", message))
+        except web.RequestPayloadError:
+            message = "malformed request body"
+            return await answer_and_close(request, _error(400, "invalid_request_error", message))
         if body is None:
             return self._too_large()
-        raw = request.rel_url.raw_path[len(name) + 1 :] or "/"
         query = request.rel_url.raw_query_string
-        url = URL(f"http://{name}{raw}" + (f"?{query}" if query else ""), encoded=True)
+        url = URL(f"http://{name}{path}" + (f"?{query}" if query else ""), encoded=True)
         headers = CIMultiDict(
             (k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST
         )
@@ -166,7 +263,7 @@ class Gateway:
                     request.method, url, headers=headers, data=body or None
                 )
         except ProviderNotFound:
-            return self._unknown(name)  # unregistered by a reload meanwhile
+            return self._unknown(name, client)  # unregistered by a reload meanwhile
         except MissingAPIKeyID:
             message = f"provider {name!r} requires an API key id; client {client.name!r} has none"
             return _error(403, "permission_error", message)
@@ -175,17 +272,37 @@ class Gateway:
         async with upstream:
             return await self._relay(request, upstream)
 
+    def _check(self, request: web.Request, client: ClientConfig, name: str) -> web.Response | None:
+        """The refusal of what the gate let through, before any body is read."""
+        if client.providers is not None and name not in client.providers:
+            message = f"client {client.name!r} may not use provider {name!r}"
+            return _error(403, "permission_error", message)
+        if name not in self.mesh:
+            return self._unknown(name, client)
+        expect = ",".join(request.headers.getall("Expect", [])).strip().lower()
+        if _expects_continue(request) and expect != "100-continue":
+            return _error(417, "expectation_failed", "the only Expect supported is 100-continue")
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return self._too_large()
+        return None
+
     async def _body(self, request: web.Request) -> bytes | None:
-        """The request body, or None if it is over the limit."""
-        limit = self.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return None
+        """The request body, or None if it is over the limit.
+
+        Raises:
+            TimeoutError: no byte of it came for ``body_timeout`` seconds.
+            web.RequestPayloadError: the body is malformed (its chunking, say).
+        """
+        limit, gap = self.max_body_bytes, self.settings.body_timeout
         body = bytearray()
-        async for chunk in request.content.iter_any():
+        while True:
+            async with asyncio.timeout(gap):
+                chunk = await request.content.readany()
+            if not chunk:
+                return bytes(body)
             body += chunk
             if len(body) > limit:
                 return None
-        return bytes(body)
 
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse
@@ -205,8 +322,9 @@ class Gateway:
         await response.write_eof()
         return response
 
-    def _unknown(self, name: str) -> web.Response:
-        known = sorted(self.mesh.providers)
+    def _unknown(self, name: str, client: ClientConfig) -> web.Response:
+        scope = client.providers
+        known = sorted(p for p in self.mesh.providers if scope is None or p in scope)
         message = f"no provider named {name!r}; known providers: {', '.join(known) or 'none'}"
         return _error(404, "not_found", message, providers=known)
 
@@ -221,7 +339,7 @@ class Gateway:
     async def _access_log(
         self,
         request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        handler: Handler,
     ) -> web.StreamResponse:
         started = time.perf_counter()
         response: web.StreamResponse | None = None
@@ -252,13 +370,13 @@ class Gateway:
         response = response or request.get(RESPONSE)  # a stream that broke had started
         if response is None:
             status, sent = (0 if outcome == "cancelled" else 500), 0
-        elif isinstance(response, web.Response) and not response.prepared:
+        elif isinstance(response, web.Response):
             status, sent = response.status, response.content_length or 0
         else:
             status, sent = response.status, request.get(SENT, 0)
         line = {
             "method": request.method,
-            "path": request.rel_url.path,
+            "path": request.rel_url.raw_path,
             "provider": request.get(PROVIDER),
             "client": client.name if client is not None else None,
             "source": str(client.source) if client is not None else None,
@@ -270,3 +388,11 @@ class Gateway:
             "remote": request.remote,
         }
         access_log.info(json.dumps(line, separators=(",", ":")))
+
+    def rejected(self, remote: str | None, status: int, outcome: str) -> None:
+        """The access-log line of what never reached a handler (malformed
+        HTTP, a head that timed out): nothing of the request is repeated."""
+        if access_log.isEnabledFor(logging.INFO):
+            nobody = dict.fromkeys(("method", "path", "provider", "client", "source"))
+            line = {**nobody, "status": status, "outcome": outcome, "remote": remote}
+            access_log.info(json.dumps(line, separators=(",", ":")))

@@ -1,8 +1,9 @@
 """Reloading a config into a running mesh, all or nothing.
 
 A reload reads the file again; if it has errors, or a new provider fails to
-start, the running table stays as it was, the errors are logged, and
-``meshbridge_config_reloads_total{result="failure"}`` counts it. Otherwise
+be built or to start, the running table stays as it was, the errors are
+logged, and ``meshbridge_config_reloads_total{result="failure"}`` counts it:
+every failed reload is counted, whatever went wrong. Otherwise
 :meth:`Mesh.reconfigure` swaps the new table in atomically: streams already
 running finish on the old apps. Providers whose kind, options and
 ``require_api_key_id`` did not change keep their running app (and its
@@ -75,6 +76,11 @@ class Reloader:
         mesh: the mesh to configure (started or not).
         config: the config it runs now; :meth:`install` registers it.
         environ: where ``*_env`` options are looked up on reload.
+
+    :attr:`listening_on` is the ``server.listen`` the server was started
+    with (None when the address came from elsewhere, such as ``serve
+    --listen``); a reload whose ``server.listen`` differs from it logs that
+    a restart is needed to apply it.
     """
 
     def __init__(
@@ -86,12 +92,17 @@ class Reloader:
         self._apps: dict[str, web.Application] = {}
         self._lock = asyncio.Lock()
         self._reloads = _ReloadMetrics(mesh.registry)
+        self.listening_on: str | None = config.server.listen
 
     def install(self) -> None:
         """Register the providers of :attr:`config` on the (not yet started) mesh."""
         for name, provider in self.config.providers.items():
             app = self._apps[name] = self.config.build(name)
-            self.mesh.register(name, app, require_api_key_id=provider.require_api_key_id)
+            self.mesh.register(
+                name, app, require_api_key_id=provider.require_api_key_id, policy=provider.policy
+            )
+        for name, route in self.config.routes.items():
+            self.mesh.add_route(name, route.split, sticky=route.sticky)
 
     async def reload(self) -> bool:
         """Read the config file again and swap its table in.
@@ -108,22 +119,37 @@ class Reloader:
                 self._reloads.failure += 1
                 log.error("config reload rejected, the running table is unchanged:\n%s", exc)
                 return False
-            apps: dict[str, web.Application] = {}
-            for name, provider in config.providers.items():
-                old = self.config.providers.get(name)
-                if old is not None and name in self._apps and _same(old, provider):
-                    apps[name] = self._apps[name]
-                else:
-                    apps[name] = config.build(name)
-            require = {n for n, p in config.providers.items() if p.require_api_key_id}
+            except Exception:  # a kind's parser that fails: still one counted failure
+                self._reloads.failure += 1
+                log.exception("config reload failed, the running table is unchanged")
+                return False
             try:
-                await self.mesh.reconfigure(apps, require_api_key_id=require)
+                apps: dict[str, web.Application] = {}
+                for name, provider in config.providers.items():
+                    old = self.config.providers.get(name)
+                    if old is not None and name in self._apps and _same(old, provider):
+                        apps[name] = self._apps[name]
+                    else:
+                        apps[name] = config.build(name)
+                require = {n for n, p in config.providers.items() if p.require_api_key_id}
+                await self.mesh.reconfigure(
+                    apps,
+                    require_api_key_id=require,
+                    policies=config.policies,
+                    routes=config.routes,
+                )
             except Exception:
                 self._reloads.failure += 1
                 log.exception("config reload failed to start, the running table is unchanged")
                 return False
-            if config.server.listen != self.config.server.listen:
-                log.warning("server.listen changed in %s: restart to apply it", path)
+            listen = config.server.listen
+            if self.listening_on is not None and listen != self.listening_on:
+                log.warning(
+                    "server.listen is %s in %s, the server listens on %s: restart to apply it",
+                    listen,
+                    path,
+                    self.listening_on,
+                )
             self.config, self._apps = config, apps
             self._reloads.success += 1
             log.info("config reloaded from %s: providers %s", path, ", ".join(apps))

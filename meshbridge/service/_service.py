@@ -5,18 +5,22 @@ Stopping (SIGTERM, SIGINT, or the end of ``async with``): ``/readyz`` turns
 503, the listener stops accepting, in-flight requests get the grace period
 to finish and are then cancelled, and the providers shut down. SIGHUP
 reloads the config (see :class:`Reloader`).
+
+The grace period is counted once. aiohttp's own ``shutdown_timeout`` would
+wait twice (for the handlers, then as long again after a "cancel" that only
+fails the request body, which a streaming handler never reads), and the
+providers' grace would come on top; so the service waits for its requests
+itself, cancels what is left at the deadline, and only then closes the
+runner and the mesh, which by then have nothing in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import os
 import signal
-import tempfile
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from aiohttp import web
@@ -26,6 +30,8 @@ from meshbridge import Mesh
 
 from ._config import Config
 from ._gateway import Gateway
+from ._http_guard import Listener
+from ._pidfile import PidFileError, pid_file_for, remove_pid_file, write_pid_file
 from ._reload import Reloader
 
 __all__ = ["Service", "pid_file_for", "serve_until_signalled"]
@@ -33,14 +39,54 @@ __all__ = ["Service", "pid_file_for", "serve_until_signalled"]
 log = logging.getLogger("meshbridge")
 
 
-def pid_file_for(config: Config) -> Path:
-    """Where ``serve`` writes its pid: ``server.pid_file``, or a file in the
-    temp dir named after the config's absolute path (so ``meshbridge reload
-    CONFIG`` finds it)."""
-    if config.server.pid_file is not None:
-        return config.server.pid_file
-    digest = hashlib.sha256(str(config.path.resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"meshbridge-{digest}.pid"
+class _InFlight:
+    """The server's requests being handled, each as its aiohttp request task
+    (which also writes the response), so shutdown can wait for them until
+    the grace period ends and then cancel the rest."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def track(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is not None and task not in self._tasks:
+            self._tasks.add(task)
+            self._idle.clear()
+            task.add_done_callback(self._done)
+        return await handler(request)
+
+    def _done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
+    async def finish(self, deadline: float) -> None:
+        """Wait for every request until ``deadline`` (loop time), then cancel
+        the ones left and wait for them to unwind."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._idle.wait()
+        except TimeoutError:
+            left = list(self._tasks)
+            log.info("grace period over: cancelling %d request(s) in flight", len(left))
+            for task in left:
+                task.cancel()
+            if left:
+                await asyncio.wait(left)
+
+
+def _base_url(listener: Listener | None) -> str:
+    if listener is None or not listener.addresses:
+        raise RuntimeError("the service is not started")
+    host, port = listener.addresses[0][:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class Service:
@@ -67,15 +113,22 @@ class Service:
         self.gateway = Gateway(self.reloader)
         self._host = host if host is not None else config.server.host
         self._port = port if port is not None else config.server.port
+        if host is not None or port is not None:
+            self.reloader.listening_on = None  # the address is not the config's to change
         self._runner: web.AppRunner | None = None
+        self._listeners: list[Listener] = []
+        self._in_flight = _InFlight()
 
     @property
     def url(self) -> str:
         """The base URL the server listens on, once started."""
-        if self._runner is None or not self._runner.addresses:
-            raise RuntimeError("the service is not started")
-        host, port = self._runner.addresses[0][:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return _base_url(self._listeners[0] if self._listeners else None)
+
+    @property
+    def admin_url(self) -> str | None:
+        """The base URL of the admin listener (``server.admin_listen``), if any."""
+        admin = [listener for listener in self._listeners if listener.admin]
+        return _base_url(admin[0]) if admin else None
 
     async def start(self) -> None:
         """Start every provider, then listen."""
@@ -87,9 +140,18 @@ class Service:
             handler_cancellation=True,  # a caller that leaves cancels its provider request
             shutdown_timeout=self.reloader.config.server.grace_period,
         )
+        runner.app.middlewares.insert(0, self._in_flight.track)
         try:
             await runner.setup()
-            await web.TCPSite(runner, self._host, self._port).start()
+            limits, rejected = self.gateway.limits, self.gateway.rejected
+            admin = self.reloader.config.server.admin
+            self._listeners = [Listener(runner, self._host, self._port, limits=limits,
+                                        rejected=rejected)]  # fmt: skip
+            if admin is not None:
+                self._listeners.append(Listener(runner, *admin, limits=limits,
+                                                rejected=rejected, admin=True))  # fmt: skip
+            for listener in self._listeners:
+                await listener.start()
         except BaseException:
             await runner.cleanup()
             await self.mesh.aclose()
@@ -100,10 +162,18 @@ class Service:
     async def aclose(self) -> None:
         """Stop accepting, let in-flight requests finish for the grace period,
         cancel the rest, and shut the providers down."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reloader.config.server.grace_period
         self.gateway.ready = False
         runner, self._runner = self._runner, None
         try:
             if runner is not None:
+                for site in list(runner.sites):
+                    await site.stop()
+                await asyncio.sleep(0)  # requests accepted just before have started
+                if runner.server is not None:
+                    runner.server.pre_shutdown()  # idle keep-alive connections close
+                await self._in_flight.finish(deadline)
                 await runner.cleanup()
         finally:
             await self.mesh.aclose()
@@ -144,9 +214,11 @@ async def serve_until_signalled(service: Service, stopped: asyncio.Event | None 
     loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
     try:
-        pid_file.write_text(f"{os.getpid()}\n")
-    except OSError as exc:
-        log.warning("cannot write the pid file %s: %s", pid_file, exc)
+        write_pid_file(pid_file)
+    except PidFileError as exc:
+        log.warning(
+            "cannot write the pid file (%s): `meshbridge reload` needs --pid %d", exc, os.getpid()
+        )
     providers = ", ".join(service.mesh.providers)
     log.info(
         "serving %s on %s (pid %d, pid file %s)", providers, service.url, os.getpid(), pid_file
@@ -156,8 +228,6 @@ async def serve_until_signalled(service: Service, stopped: asyncio.Event | None 
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)
-        with contextlib.suppress(OSError):
-            if pid_file.read_text().strip() == str(os.getpid()):
-                pid_file.unlink()
+        remove_pid_file(pid_file)
         if reloads:
             await asyncio.gather(*reloads, return_exceptions=True)

@@ -186,7 +186,7 @@ async def test_serve_reloads_on_request_and_stops_on_sigterm(
 async def test_demo_feeds_every_metric_family(
     spawn: Spawn,
 ) -> None:
-    process, log = await spawn("demo", "--listen", "127.0.0.1:0", "--duration", "6")
+    process, log = await spawn("demo", "--listen", "127.0.0.1:0", "--duration", "10")
     url = (await wait_for(log, r"metrics: (http://127\.0\.0\.1:\d+)/metrics"))[1]
     wanted: dict[str, Callable[[str], bool]] = {
         "requests completed": lambda k: "outcome=completed" in k,
@@ -221,3 +221,11 @@ async def test_demo_feeds_every_metric_family(
                 row = rf"^{provider}\s+{source}\s+mesh/{wire}(\s+\d+){{5}}\s+\d+\s"
                 assert re.search(row, out, re.MULTILINE), (provider, wire, source)
     assert re.search(r"^local\s+api\s+http/openai\s+\d+", out, re.MULTILINE)
+    # the outage of `flaky` opens its circuit, the fallback carries the route's
+    # callers, and the circuit closes again once the outage is over
+    assert re.search(r"^route chat: (9\d|100)\.\d% of \d+ calls succeeded", out, re.MULTILINE)
+    resilience = re.search(r"^provider flaky: circuit opened (\d+)x, closed (\d+)x;", out, re.M)
+    assert resilience is not None
+    assert int(resilience[1]) >= 1
+    assert int(resilience[2]) >= 1
+    assert re.search(r"[1-9]\d* moved to a fallback", out)

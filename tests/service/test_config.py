@@ -32,12 +32,13 @@ def errors_of(path: Path) -> list[str]:
         pytest.param(
             FAKE + "colour = 'red'\n",
             "providers.local.colour: unknown key (expected one of: fail_every, kind, models, "
-            "reply_tokens, require_api_key_id, time_to_first_token, tokens_per_second)",
+            "outage_after, outage_for, outage_status, policy, reply_tokens, "
+            "require_api_key_id, time_to_first_token, tokens_per_second)",
             id="unknown provider key",
         ),
         pytest.param(
             FAKE + "[extra]\n",
-            "extra: unknown key (expected one of: providers, server)",
+            "extra: unknown key (expected one of: providers, routes, server)",
             id="unknown top-level key",
         ),
         pytest.param(
