@@ -31,7 +31,7 @@ GRAFANA_VARIABLES = {
     "$__range": f"{QUERY_RANGE_SECONDS}s",
 }
 
-# The families meshbridge documents (issues 2 and 3), by the series names
+# The families meshbridge documents (issues 2, 3 and 10), by the series names
 # PromQL selects them with.
 DOCUMENTED_FAMILIES = {
     "meshbridge_requests": "meshbridge_requests_total",
@@ -44,6 +44,14 @@ DOCUMENTED_FAMILIES = {
     "meshbridge_tokens": "meshbridge_tokens_total",
     "meshbridge_time_to_first_token_seconds": "meshbridge_time_to_first_token_seconds_bucket",
     "meshbridge_config_reloads": "meshbridge_config_reloads_total",
+    "meshbridge_calls": "meshbridge_calls_total",
+    "meshbridge_retries": "meshbridge_retries_total",
+    "meshbridge_fallbacks": "meshbridge_fallbacks_total",
+    "meshbridge_rejected": "meshbridge_rejected_total",
+    "meshbridge_timeouts": "meshbridge_timeouts_total",
+    "meshbridge_circuit_state": "meshbridge_circuit_state",
+    "meshbridge_circuit_transitions": "meshbridge_circuit_transitions_total",
+    "meshbridge_route_requests": "meshbridge_route_requests_total",
 }
 
 # Series Prometheus makes itself, not meshbridge.

@@ -131,7 +131,7 @@ class Process:
 
 @dataclass
 class Demo:
-    """``meshbridge demo`` serving on ``address``."""
+    """A workload serving /metrics on ``address``: ``meshbridge demo`` or ``_resilience.py``."""
 
     process: Process
     address: str

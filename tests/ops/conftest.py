@@ -1,7 +1,9 @@
-"""Session fixtures of the ops tests: one demo workload and one Prometheus scraping it.
+"""Session fixtures of the ops tests: two workloads and one Prometheus scraping both.
 
-Both are real processes on free 127.0.0.1 ports, started once for the ops
-suite and stopped by their own pid at its end.
+The workloads are ``meshbridge demo`` and a mesh whose providers misbehave
+under traffic policies (``_resilience.py``). All are real processes on free
+127.0.0.1 ports, started once for the ops suite and stopped by their own pid
+at its end.
 """
 
 from __future__ import annotations
@@ -56,14 +58,44 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 
 @pytest.fixture(scope="session")
+def resilience(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """The misbehaving mesh of ``_resilience.py`` on a free port, serving /metrics."""
+    address = f"127.0.0.1:{free_port()}"
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.ops._resilience",
+        "--listen",
+        address,
+        "--duration",
+        str(DEMO_SECONDS),
+    ]
+    log = tmp_path_factory.mktemp("resilience") / "resilience.log"
+    process = Process.start("resilience workload", argv, log)
+    try:
+
+        def ready() -> bool | None:
+            process.check_running()
+            return http_get(f"http://{address}/metrics")[0] == 200 or None
+
+        wait_for(f"{' '.join(argv)} to answer /metrics", ready, timeout=30)
+        yield Demo(process, address)
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
 def exported(demo: Demo) -> dict[str, set[str]]:
     """family -> queryable series names, from a scrape of the demo."""
     return exported_names(demo.scrape())
 
 
 @pytest.fixture(scope="session")
-def prometheus(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    """A real Prometheus scraping the demo every second, with prometheus/alerts.yml loaded."""
+def prometheus(
+    demo: Demo, resilience: Demo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
+    """A real Prometheus scraping both workloads every second, with
+    prometheus/alerts.yml loaded."""
     binary = _require_tool("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
     config = workdir / "prometheus.yml"
@@ -78,7 +110,10 @@ def prometheus(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 },
                 "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],
                 "scrape_configs": [
-                    {"job_name": "meshbridge", "static_configs": [{"targets": [demo.address]}]}
+                    {
+                        "job_name": "meshbridge",
+                        "static_configs": [{"targets": [demo.address, resilience.address]}],
+                    }
                 ],
             },
             indent=2,
@@ -100,10 +135,11 @@ def prometheus(demo: Demo, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             return http_get(f"{server.url}/-/ready")[0] == 200 or None
 
         def scraped() -> bool | None:
-            return bool(server.query('sum_over_time(up{job="meshbridge"}[1m]) >= 3')) or None
+            scrapes = server.query('sum_over_time(up{job="meshbridge"}[1m]) >= 3')
+            return len(scrapes) == 2 or None
 
         wait_for("prometheus to be ready", ready, timeout=30)
-        wait_for("three scrapes of the demo", scraped, timeout=30)
+        wait_for("three scrapes of each workload", scraped, timeout=30)
         yield server
     finally:
         process.stop()

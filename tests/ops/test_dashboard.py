@@ -25,6 +25,17 @@ PROVISIONED_DATASOURCES = REPO / "grafana" / "provisioning" / "datasources" / "p
 ROWS = {
     "Traffic": {"meshbridge_requests_total"},
     "Errors": {"meshbridge_requests_total", "meshbridge_handler_errors_total"},
+    "Resilience": {
+        "meshbridge_calls_total",
+        "meshbridge_requests_total",
+        "meshbridge_retries_total",
+        "meshbridge_fallbacks_total",
+        "meshbridge_rejected_total",
+        "meshbridge_circuit_state",
+        "meshbridge_circuit_transitions_total",
+        "meshbridge_timeouts_total",
+        "meshbridge_route_requests_total",
+    },
     "Latency": {
         "meshbridge_request_duration_seconds_bucket",
         "meshbridge_time_to_first_byte_seconds_bucket",
@@ -34,8 +45,18 @@ ROWS = {
     "LLM": {"meshbridge_tokens_total", "meshbridge_time_to_first_token_seconds_bucket"},
     "Config reloads": {"meshbridge_config_reloads_total"},
 }
-# The only family without provider and source labels.
-UNFILTERED = {"meshbridge_config_reloads_total"}
+# The variable filters of families that lack a provider or a source label
+# (every other family takes both). Callers' calls are by the name they used,
+# which is a provider's (or a route's).
+PROVIDER = 'provider=~"$provider"'
+SOURCE = 'source=~"$source"'
+FILTERS = {
+    "meshbridge_config_reloads_total": (),
+    "meshbridge_calls_total": ('target=~"$provider"', SOURCE),
+    "meshbridge_circuit_state": (PROVIDER,),
+    "meshbridge_circuit_transitions_total": (PROVIDER,),
+    "meshbridge_route_requests_total": (PROVIDER,),
+}
 
 _SELECTOR = re.compile(r"\b(meshbridge_\w+)\s*(\{[^{}]*\})?")
 _RANGE = re.compile(r"\[([^\[\]]*)\]")
@@ -164,10 +185,8 @@ def test_panel_ids_are_unique_and_the_grid_does_not_overlap(dashboard: dict[str,
 def test_every_query_filters_by_provider_and_source(dashboard: dict[str, Any]) -> None:
     for target in targets(dashboard):
         for name, matchers in _SELECTOR.findall(target.expr):
-            if name in UNFILTERED:
-                continue
-            assert 'provider=~"$provider"' in matchers, f"{name} unfiltered in {target}"
-            assert 'source=~"$source"' in matchers, f"{name} unfiltered in {target}"
+            for wanted in FILTERS.get(name, (PROVIDER, SOURCE)):
+                assert wanted in matchers, f"{name} lacks {wanted} in {target}"
 
 
 def test_ranges_come_from_grafana(dashboard: dict[str, Any]) -> None:
@@ -196,3 +215,24 @@ def test_every_documented_family_is_charted(dashboard: dict[str, Any]) -> None:
     charted = set().union(*(metric_names(t.expr) for t in targets(dashboard)))
     missing = {f for f, name in DOCUMENTED_FAMILIES.items() if name not in charted}
     assert not missing, f"no panel charts {sorted(missing)}"
+
+
+def test_callers_success_is_charted_against_what_providers_served(
+    dashboard: dict[str, Any],
+) -> None:
+    """Success is completed with no 5xx, on both sides; a name without any is 0, not absent."""
+    (panel,) = [p for p in rows(dashboard)["Resilience"] if p["title"].startswith("Success ratio")]
+    assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    families = [metric_names(t["expr"]) for t in panel["targets"]]
+    assert families == [{"meshbridge_calls_total"}, {"meshbridge_requests_total"}]
+    for target in panel["targets"]:
+        assert 'outcome="completed", code!~"5.."' in target["expr"], target["refId"]
+        assert " * 0\n" in target["expr"], f"{target['refId']}: no zero for a name without success"
+
+
+def test_circuit_state_reads_as_closed_half_open_and_open(dashboard: dict[str, Any]) -> None:
+    (panel,) = [p for p in rows(dashboard)["Resilience"] if p["title"].startswith("Circuit state")]
+    assert panel["type"] == "state-timeline"
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    texts = {value: option["text"] for value, option in mapping["options"].items()}
+    assert texts == {"0": "closed", "0.5": "half-open", "1": "open"}

@@ -1,9 +1,12 @@
-"""Every dashboard query and every rule, evaluated by a real Prometheus scraping the demo.
+"""Every dashboard query and every rule, evaluated by a real Prometheus scraping two workloads.
 
 The demo runs fake LLM providers with traffic from several sources, handler
-errors, cancellations and a config reload; Prometheus scrapes it every second
-with prometheus/alerts.yml loaded. A query that fails or stays empty fails the
-test with the panel title and the query.
+errors, cancellations and a config reload; the resilience workload
+(``_resilience.py``) runs providers that fail, hang and stall under traffic
+policies, so retries, fallbacks, open circuits, rejections and timeouts keep
+happening. Prometheus scrapes both every second with prometheus/alerts.yml
+loaded. A query that fails or stays empty fails the test with the panel title
+and the query.
 """
 
 from __future__ import annotations
@@ -85,11 +88,15 @@ def evaluate(prometheus: Prometheus, target: Target, query: str) -> list[dict[st
     return prometheus.query_range(query, seconds=QUERY_RANGE_SECONDS, step=QUERY_STEP_SECONDS)
 
 
-def test_scrape_passes_promtool_check_metrics(demo: Demo, promtool: str) -> None:
-    run_tool([promtool, "check", "metrics"], stdin=demo.scrape())
+@pytest.mark.parametrize("workload", ["demo", "resilience"])
+def test_scrape_passes_promtool_check_metrics(
+    request: pytest.FixtureRequest, promtool: str, workload: str
+) -> None:
+    scraped: Demo = request.getfixturevalue(workload)
+    run_tool([promtool, "check", "metrics"], stdin=scraped.scrape())
 
 
-# What the dashboard is tested against: the demo makes each of these happen.
+# What the dashboard is tested against: the two workloads make each of these happen.
 WORKLOAD = {
     "two providers": "count(count by (provider) (meshbridge_requests_total)) >= 2",
     "two sources": "count(count by (source) (meshbridge_requests_total)) >= 2",
@@ -98,6 +105,19 @@ WORKLOAD = {
     "handler errors": "sum(meshbridge_handler_errors_total) > 0",
     "tokens": "sum(meshbridge_tokens_total) > 0",
     "a config reload": "sum(meshbridge_config_reloads_total) > 0",
+    "retries": "sum(meshbridge_retries_total) > 0",
+    "a fallback": "sum(meshbridge_fallbacks_total) > 0",
+    "an open circuit": "max_over_time(meshbridge_circuit_state[2m]) == 1",
+    "a circuit closing or half-open": 'sum(meshbridge_circuit_transitions_total{to!="open"}) > 0',
+    "callers served by a fallback": 'sum(meshbridge_calls_total{target="primary", code="200"}) > 0',
+    "callers' 5xx": 'sum(meshbridge_calls_total{code=~"5.."}) > 0',
+    "rejections, circuit open": 'sum(meshbridge_rejected_total{reason="circuit_open"}) > 0',
+    "rejections, overloaded": 'sum(meshbridge_rejected_total{reason="overloaded"}) > 0',
+    "rejections, fault": 'sum(meshbridge_rejected_total{reason="fault"}) > 0',
+    "timeouts, first byte": 'sum(meshbridge_timeouts_total{kind="first_byte"}) > 0',
+    "timeouts, idle": 'sum(meshbridge_timeouts_total{kind="idle"}) > 0',
+    "timeouts, total": 'sum(meshbridge_timeouts_total{kind="total"}) > 0',
+    "a route split": "count(count by (provider) (meshbridge_route_requests_total)) >= 2",
 }
 
 

@@ -15,6 +15,9 @@ REQUIRED_ALERTS = {
     "MeshbridgeHighErrorRatio",
     "MeshbridgeSlowTimeToFirstByte",
     "MeshbridgeProviderNotCompleting",
+    "MeshbridgeCircuitOpen",
+    "MeshbridgeRetryStorm",
+    "MeshbridgeCallerErrors",
 }
 
 
