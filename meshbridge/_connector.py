@@ -133,7 +133,9 @@ class MeshConnector(ConnectorBase):
             return conn
         metrics = self._metrics
         series = metrics.series(name, source) if metrics is not None else None
-        link.begin(Exchange(name, source, api_key_id, method, series, metrics))
+        exchange = Exchange(name, source, api_key_id, method, series, metrics)
+        exchange.call = True
+        link.begin(exchange)
         return conn
 
     def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:

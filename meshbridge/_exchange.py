@@ -48,6 +48,7 @@ class Exchange:
         "_series",
         "_started",
         "api_key_id",
+        "call",
         "failed",
         "finished",
         "listener",
@@ -81,6 +82,9 @@ class Exchange:
         self._series = series
         self._metrics = metrics
         self.listener: Callable[[Exchange], None] | None = None  # told when it finishes
+        # Whether this request is also what the caller got (a direct link):
+        # then it counts in meshbridge_calls_total too. A relay counts calls itself.
+        self.call = False
         self._started = perf_counter()
         if series is not None:
             series.in_flight += 1
@@ -145,6 +149,10 @@ class Exchange:
                 body.total_bytes if body is not None else 0,
                 self.response_bytes,
             )
+            if self.call and self._metrics is not None:
+                calls = self._metrics.traffic["calls"].values
+                key = (self.provider, self._series.source, str(self.status), outcome)
+                calls[key] = calls.get(key, 0) + 1
         if self.listener is not None:
             self.listener(self)
 

@@ -124,20 +124,20 @@ class Call:
         self.guard: Guard | None = None
         self.generation: int | None = None
         self.pending_answer: bytes | None = None  # synthetic, waiting for the request
-        self.deadline: asyncio.TimerHandle | None = None
-        self.first_byte: asyncio.TimerHandle | None = None
-        self.idle: asyncio.TimerHandle | None = None
-        self.timer: asyncio.TimerHandle | None = None  # backoff or fault delay
+        # Limits in loop time, watched by the relay's one timer (None: none).
+        self.deadline: float | None = None  # timeout: the whole call
+        self.first_byte: float | None = None  # first_byte_timeout: this attempt's head
+        self.idle: float | None = None  # idle_timeout, once committed
         self.last_chunk = 0.0
+        self.timer: asyncio.TimerHandle | None = None  # backoff or fault delay
 
     @property
     def provider(self) -> str:
         return self.candidates[self.index]
 
     def cancel_timers(self) -> None:
-        for handle in (self.deadline, self.first_byte, self.idle, self.timer):
-            if handle is not None:
-                handle.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         self.deadline = self.first_byte = self.idle = self.timer = None
 
 
@@ -214,6 +214,7 @@ class Relay(Carrier, asyncio.Protocol):
         self._secure = secure
         self._upstreams: dict[str, Upstream] = {}
         self._call: Call | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._cut_reason: str | None = None
         self.closed = False
         # The relay is the server side of the caller's pipe.
@@ -237,10 +238,12 @@ class Relay(Carrier, asyncio.Protocol):
         guard = self._traffic.guard(call.provider)
         if guard is not None:
             policy = guard.policy
-            call.candidates += [n for n in policy.fallback if n not in call.candidates]
+            if policy.fallback:
+                call.candidates += [n for n in policy.fallback if n not in call.candidates]
             call.replay_limit = policy.replay_limit
             if policy.timeout is not None:
-                call.deadline = self._loop.call_later(policy.timeout, self._deadline, call)
+                call.deadline = self._loop.time() + policy.timeout
+                self._arm(call.deadline)
             fault = policy.fault
             if fault is not None:
                 rng = self._traffic.rng
@@ -299,11 +302,12 @@ class Relay(Carrier, asyncio.Protocol):
         call.head.clear()
         if guard is not None:
             guard.in_flight += 1
-            if call.tries == 0:
+            if call.tries == 0 and guard.policy.retries:
                 guard.budget.request(now)  # a first attempt; a fallback's counts for its budget
             limit = guard.policy.first_byte_timeout
             if limit is not None:
-                call.first_byte = self._loop.call_later(limit, self._first_byte_late, call)
+                call.first_byte = self._loop.time() + limit
+                self._arm(call.first_byte)
         for chunk in call.sent:
             upstream.write(chunk)
         if not call.replayable:
@@ -349,7 +353,7 @@ class Relay(Carrier, asyncio.Protocol):
         return (
             call.deadline is not None
             and delay is not None
-            and self._loop.time() + delay >= call.deadline.when()
+            and self._loop.time() + delay >= call.deadline
         )
 
     def _end_attempt(self, call: Call, *, outcome: str | None = None) -> None:
@@ -360,9 +364,7 @@ class Relay(Carrier, asyncio.Protocol):
         call.upstream = call.attempt = None
         call.phase = _WAITING
         call.head.clear()
-        if call.first_byte is not None:
-            call.first_byte.cancel()
-            call.first_byte = None
+        call.first_byte = None
         if guard is not None and exchange is not None:
             guard.in_flight -= 1
             if guard.breaker is not None and call.generation is not None:
@@ -421,38 +423,45 @@ class Relay(Carrier, asyncio.Protocol):
         if call is None or upstream is not call.upstream:
             return  # a dropped attempt's leftovers
         if call.phase == _COMMITTED:
-            call.last_chunk = self._loop.time()
+            if call.idle is not None:
+                call.last_chunk = self._loop.time()
             self._to_caller(data)
             return
-        call.head += data
-        end = call.head.find(b"\r\n\r\n")
-        if end < 0 and len(call.head) < _MAX_HEAD:
+        if call.head:
+            call.head += data
+            head: bytes | bytearray = call.head
+        else:
+            head = data  # the usual case: the whole head in one piece, no copy
+        end = head.find(b"\r\n\r\n")
+        if end < 0 and len(head) < _MAX_HEAD:
+            if head is data:
+                call.head += data
             return
-        status, retry_after = _parse_head(bytes(call.head[: max(end, 0)]))
+        status = _status(head)
         guard = call.guard
         if guard is not None and guard.breaker is not None and call.generation is not None:
             failed = status in guard.breaker.config.on
             guard.breaker.record(self._traffic.clock(), call.generation, failed)
             call.generation = None
         retryable = guard is not None and status in guard.policy.retry_on and call.replayable
-        if retryable and self._again(call, str(status), retry_after):
+        if retryable and self._again(call, str(status), _retry_after(bytes(head[:end]))):
             return
-        self._commit(call, status)
+        self._commit(call, status, head)
 
-    def _commit(self, call: Call, status: int) -> None:
+    def _commit(self, call: Call, status: int, head: bytes | bytearray) -> None:
         call.phase = _COMMITTED
         call.status = status
         call.sent.clear()
         call.replayable = False
-        if call.first_byte is not None:
-            call.first_byte.cancel()
-            call.first_byte = None
+        call.first_byte = None
         guard = call.guard
         if guard is not None and guard.policy.idle_timeout is not None:
+            call.idle = guard.policy.idle_timeout
             call.last_chunk = self._loop.time()
-            call.idle = self._loop.call_later(guard.policy.idle_timeout, self._idle_check, call)
-        head, call.head = bytes(call.head), bytearray()
+            self._arm(call.last_chunk + call.idle)
         self._to_caller(head)
+        if head is call.head:
+            call.head = bytearray()
 
     def _attempt_finished(self, exchange: Exchange) -> None:
         call = self._call
@@ -484,10 +493,49 @@ class Relay(Carrier, asyncio.Protocol):
 
     # -- time ----------------------------------------------------------------------------
 
+    def _arm(self, when: float) -> None:
+        """Make the relay's one timer fire by ``when`` (loop time). A timer
+        set for later is moved; one set for sooner stays and, when it fires,
+        sets itself again for what is left, so a fast call costs no timer
+        operation at all."""
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        call = self._call
+        if call is None or call.phase in (_DONE, _ANSWERED):
+            return
+        now = self._loop.time()
+        if call.deadline is not None and now >= call.deadline:
+            self._deadline(call)
+        elif call.phase == _HEAD and call.first_byte is not None and now >= call.first_byte:
+            self._first_byte_late(call)
+        elif (
+            call.phase == _COMMITTED
+            and call.idle is not None
+            and now - call.last_chunk >= call.idle
+        ):
+            self._traffic.count("timeouts", call.provider, call.source, "idle")
+            self._cut(call, f"provider {call.provider!r} sent nothing for {call.idle:g}s")
+        call = self._call  # what is left to watch, for this call or the next
+        if call is None or call.phase in (_DONE, _ANSWERED):
+            return
+        pending = [call.deadline]
+        if call.phase == _HEAD:
+            pending.append(call.first_byte)
+        elif call.phase == _COMMITTED and call.idle is not None:
+            pending.append(call.last_chunk + call.idle)
+        times = [t for t in pending if t is not None]
+        if times:
+            self._arm(min(times))
+
     def _first_byte_late(self, call: Call) -> None:
         call.first_byte = None
-        if call is not self._call or call.phase != _HEAD:
-            return
         self._traffic.count("timeouts", call.provider, call.source, "first_byte")
         guard = call.guard
         if guard is not None and guard.breaker is not None and call.generation is not None:
@@ -504,28 +552,12 @@ class Relay(Carrier, asyncio.Protocol):
 
     def _deadline(self, call: Call) -> None:
         call.deadline = None
-        if call is not self._call or call.phase in (_DONE, _ANSWERED):
-            return
         self._traffic.count("timeouts", call.provider, call.source, "total")
         if call.phase == _COMMITTED:
             self._cut(call, "the request's timeout passed mid-response")
             return
         self._end_attempt(call, outcome=ERROR)
         self._answer(call, 504, "timeout", None, "the request's timeout passed")
-
-    def _idle_check(self, call: Call) -> None:
-        call.idle = None
-        guard = call.guard
-        if call is not self._call or call.phase != _COMMITTED or guard is None:
-            return
-        limit = guard.policy.idle_timeout
-        assert limit is not None
-        quiet = self._loop.time() - call.last_chunk
-        if quiet < limit:
-            call.idle = self._loop.call_later(limit - quiet, self._idle_check, call)
-            return
-        self._traffic.count("timeouts", call.provider, call.source, "idle")
-        self._cut(call, f"provider {call.provider!r} sent nothing for {limit:g}s")
 
     # -- endings -------------------------------------------------------------------------
 
@@ -569,6 +601,9 @@ class Relay(Carrier, asyncio.Protocol):
     def _caller_gone(self, by_client: bool) -> Exception | None:
         """The caller's pipe closed: by the caller, or by us (a cut)."""
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         call = self._call
         if call is not None and call.phase != _DONE:
             self._end_attempt(call)
@@ -583,7 +618,7 @@ class Relay(Carrier, asyncio.Protocol):
 
     # -- flow control (Rule 6) -------------------------------------------------------------
 
-    def _to_caller(self, data: bytes) -> None:
+    def _to_caller(self, data: bytes | bytearray) -> None:
         self.pipe.server.write(data)
 
     def pause_writing(self) -> None:  # the caller reads slowly
@@ -610,16 +645,18 @@ class Relay(Carrier, asyncio.Protocol):
         self.closed = True
 
 
-def _parse_head(head: bytes) -> tuple[int, float | None]:
-    """The status of a response head and its ``Retry-After`` in seconds, if any."""
-    lines = head.split(b"\r\n")
+def _status(head: bytes | bytearray) -> int:
+    """The status code of a response head (0 if it has none)."""
     try:
-        status = int(lines[0][9:12])
+        return int(head[9:12])
     except ValueError:
-        return 0, None
-    retry_after = None
-    for line in lines[1:]:
+        return 0
+
+
+def _retry_after(head: bytes) -> float | None:
+    """A response head's ``Retry-After``, in seconds."""
+    for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"retry-after":
-            retry_after = parse_retry_after(value.strip().decode("latin-1"), time.time())
-    return status, retry_after
+            return parse_retry_after(value.strip().decode("latin-1"), time.time())
+    return None

@@ -167,5 +167,8 @@ class Traffic:
     # -- what happened -----------------------------------------------------------
 
     def count(self, family: str, *labels: str | None) -> None:
+        """Count one event; a ``None`` label (an unset Source) is ``none``."""
         if self.metrics is not None:
-            self.metrics.traffic[family].inc(*(source_label(v) for v in labels))
+            counts = self.metrics.traffic[family].values
+            key = labels if None not in labels else tuple(map(source_label, labels))
+            counts[key] = counts.get(key, 0) + 1  # type: ignore[index, arg-type]
