@@ -42,8 +42,19 @@ class Endless:
 
 async def assert_nothing_left(before: set[asyncio.Task[Any]], handler: Endless) -> None:
     assert await settle(lambda: other_tasks() <= before), other_tasks() - before
-    gc.collect()
-    assert [ref for ref in handler.refs if ref() is not None] == []
+
+    # aiohttp's web.Server forgets a lost connection (its RequestHandler, which
+    # holds the transport) in a done callback of the request task, so one loop
+    # turn after that task ends, not at once. Checking in the same turn only
+    # passed on 3.11 because its asyncio.wait_for ran the wait in an extra task
+    # and so gave those turns for free; 3.12 rewrote wait_for on
+    # asyncio.timeout() (no task) and the check came one turn too early. A real
+    # leak still fails here: the references never go.
+    def released() -> bool:
+        gc.collect()
+        return all(ref() is None for ref in handler.refs)
+
+    assert await settle(released, rounds=50), [ref() for ref in handler.refs]
 
 
 async def run_and_stop(
