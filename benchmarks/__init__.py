@@ -11,11 +11,17 @@ Where things are:
 * ``cli.py``: the command line (``__main__.py`` runs it);
 * ``apps.py``: the app under test, in aiohttp and as a Starlette twin;
 * ``contenders.py``: the eight ways of reaching it (``bare_pipe.py`` is the
-  bare in-memory pipe connector);
-* ``workloads.py``: what one round of each workload measures, and the scales;
+  bare in-memory pipe connector), and a ninth for 10,000 streams, with the
+  app in a second process (``apart.py``);
+* ``workloads.py``: what one round of each workload measures, and the scales
+  (``fanout.py``: time-stamped events and many concurrent streams);
 * ``runner.py``: rounds, rotation, fresh processes for memory workloads;
 * ``report.py``: medians, ratios, targets, the table and the JSON file;
-* ``measure.py``: percentiles and RSS from ``/proc``.
+* ``measure.py``: percentiles, RSS from ``/proc``, garbage-collector pauses.
+
+``python -m benchmarks soak [--quick]`` is the soak (``soak.py``, its checks
+in ``soak_check.py``): tens of thousands of requests ending every way through
+one Mesh, then every request counted by outcome and nothing left behind.
 """
 
 from __future__ import annotations

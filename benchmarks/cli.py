@@ -1,4 +1,5 @@
-"""The command line: ``python -m benchmarks [--smoke] [--rounds N] [--only W] [--json PATH]``."""
+"""The command line: ``python -m benchmarks [--smoke] [--rounds N] [--only W] [--json PATH]``,
+and ``python -m benchmarks soak [--quick]`` (see ``soak.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import slowloris, soak
+from .apart import serve_main
 from .contenders import CONTENDERS
 from .report import summarize, table, write_json
 from .runner import child_main, run
@@ -25,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="meshbridge against loopback TCP, a Unix socket and in-process peers.",
+        epilog="`python -m benchmarks soak --help`: the soak (make soak).",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds (CI)")
     parser.add_argument(
@@ -49,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--child", nargs=2, metavar=("WORKLOAD", "CONTENDER"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--serve-app", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -78,9 +83,17 @@ def _raise_fd_limit() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["soak"]:
+        return soak.main(argv[1:])
+    if argv[:1] == ["slowloris"]:
+        _raise_fd_limit()  # a descriptor per connection, here and in the server it starts
+        return slowloris.main(argv[1:])
     args = _parser().parse_args(argv)
     scale = SMOKE if args.smoke else FULL
     _raise_fd_limit()
+    if args.serve_app:
+        return serve_main()
     if args.child:
         workload, contender = args.child
         return child_main(WORKLOADS[workload], contender, scale)
@@ -89,8 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--rounds must be at least 1")
     workloads = [WORKLOADS[n] for n in _pick(args.only, list(WORKLOADS), "workload", prefix=True)]
     names = _pick(args.contender, list(CONTENDERS), "contender", prefix=False)
+    running = {n for w in workloads for n in w.runs_on(names)}
     print(
-        f"{len(names)} contenders x {len(workloads)} workloads x {rounds} rounds", file=sys.stderr
+        f"{len(running)} contenders x {len(workloads)} workloads x {rounds} rounds", file=sys.stderr
     )
     started = time.perf_counter()
     results = asyncio.run(run(workloads, names, scale, rounds, smoke=args.smoke))

@@ -3,13 +3,14 @@
 Every contender starts its own fresh copy of the app (see ``apps.py``) and
 hands the workloads a :class:`Client`. All but httpx use the same
 ``aiohttp.ClientSession`` calls, so what differs between them is only the
-connector and what sits behind it.
+connector and what sits behind it. A ninth, ``tcp-apart`` (the app in a second
+process, see ``apart.py``), runs only in the workloads that name it.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,7 @@ from aiohttp_asgi_connector import ASGIApplicationConnector
 from meshbridge import Mesh
 from meshbridge._pipe import PipeStats
 
+from .apart import AppProcess
 from .apps import PRODUCED, Produced, aiohttp_app, starlette_app
 from .bare_pipe import BarePipeConnector
 
@@ -104,6 +106,7 @@ class Contender:
 
     name = ""
     title = ""
+    everywhere = True  # False: only in the workloads that name it
 
     def __init__(self) -> None:
         self.client: Client | None = None
@@ -121,6 +124,10 @@ class Contender:
     def pipe_peak(self) -> int | None:
         """The most bytes its in-memory pipes held at once; None without a pipe."""
         return None
+
+    def pids(self) -> tuple[int, ...]:
+        """Other processes whose memory counts as this contender's."""
+        return ()
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -194,6 +201,26 @@ class TcpClose(Tcp):
     force_close = True
 
 
+class TcpApart(Contender):
+    name, title = "tcp-apart", "aiohttp over loopback TCP, keep-alive, the app in a second process"
+    everywhere = False
+    app: AppProcess | None = None
+
+    async def _start(self) -> Client:
+        self.app = await AppProcess.start()
+        connector = aiohttp.TCPConnector(limit=0)
+        session = aiohttp.ClientSession(connector=connector)
+        return AiohttpClient(session, f"http://127.0.0.1:{self.app.port}")
+
+    def pids(self) -> tuple[int, ...]:
+        return (self.app.process.pid,) if self.app is not None else ()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.app is not None:
+            await self.app.stop()
+
+
 class Unix(Contender):
     name, title = "unix", "aiohttp over a Unix socket (UnixConnector)"
 
@@ -226,8 +253,19 @@ class AiohttpAsgi(Contender):
         return AiohttpClient(session, "http://bench")
 
 
-# In table order. Ratios are taken against "tcp" (and "tcp-close" for unary).
-CONTENDERS: dict[str, Callable[[], Contender]] = {
+# In table order. Ratios are taken against "tcp" (and "tcp-close" for unary),
+# or against the reference a workload names.
+CONTENDERS: dict[str, type[Contender]] = {
     c.name: c
-    for c in (MeshFull, MeshNoMetrics, BarePipe, Tcp, TcpClose, Unix, HttpxAsgi, AiohttpAsgi)
+    for c in (
+        MeshFull,
+        MeshNoMetrics,
+        BarePipe,
+        Tcp,
+        TcpClose,
+        TcpApart,
+        Unix,
+        HttpxAsgi,
+        AiohttpAsgi,
+    )
 }

@@ -5,20 +5,24 @@ process holds now, ``VmHWM`` the most it has held. Writing ``5`` to
 ``/proc/self/clear_refs`` resets ``VmHWM`` to the current RSS (Linux 4.0+), so
 a workload's peak can be told apart from whatever came before it. Where that
 is not allowed, a sampler that reads ``VmRSS`` every few milliseconds gives a
-lower bound of the peak instead.
+lower bound of the peak instead. :class:`PeakRSS` can also follow other
+processes (a server run apart): then the peak is that of the sampled sum.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from time import perf_counter
 from types import TracebackType
+from typing import Any
 
-__all__ = ["PeakRSS", "fmt", "median", "percentile", "rss_bytes", "settle_allocator"]
+__all__ = ["GcPauses", "PeakRSS", "fmt", "median", "percentile", "rss_bytes", "settle_allocator"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -68,16 +72,17 @@ def settle_allocator() -> None:
     del block
 
 
-def _status_kib(field: str) -> int:
-    for line in _STATUS.read_text().splitlines():
+def _status_kib(field: str, pid: int | None = None) -> int:
+    status = _STATUS if pid is None else Path(f"/proc/{pid}/status")
+    for line in status.read_text().splitlines():
         if line.startswith(field):
             return int(line.split()[1])
-    raise RuntimeError(f"{field} not in {_STATUS}")
+    raise RuntimeError(f"{field} not in {status}")
 
 
-def rss_bytes() -> int:
-    """The resident set size of this process now."""
-    return _status_kib("VmRSS:") * 1024
+def rss_bytes(pid: int | None = None) -> int:
+    """The resident set size of this process (or of process ``pid``) now."""
+    return _status_kib("VmRSS:", pid) * 1024
 
 
 def _hwm_bytes() -> int:
@@ -96,19 +101,26 @@ class PeakRSS:
     """The peak resident memory above a baseline, over an ``async with`` block.
 
     The baseline is taken on entry; on exit :attr:`growth` is the peak RSS
-    inside the block minus that baseline, in bytes.
+    inside the block minus that baseline, in bytes. With ``pids``, the RSS is
+    that of this process plus those, and the peak is the largest sampled sum
+    (the kernel keeps a peak per process only, and a sum of peaks reached at
+    different moments would overstate it).
     """
 
-    def __init__(self, every: float = 0.005) -> None:
+    def __init__(self, every: float = 0.005, pids: Sequence[int] = ()) -> None:
         self._every = every
+        self._pids = tuple(pids)
         self.baseline = 0
         self.peak = 0
         self._kernel_peak = False
         self._task: asyncio.Task[None] | None = None
 
+    def _rss(self) -> int:
+        return rss_bytes() + sum(rss_bytes(pid) for pid in self._pids)
+
     async def __aenter__(self) -> PeakRSS:
-        self.baseline = self.peak = rss_bytes()
-        self._kernel_peak = _reset_hwm()
+        self.baseline = self.peak = self._rss()
+        self._kernel_peak = not self._pids and _reset_hwm()
         self._task = asyncio.get_running_loop().create_task(self._sample())
         return self
 
@@ -122,15 +134,46 @@ class PeakRSS:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self.peak = max(self.peak, rss_bytes())
+        self.peak = max(self.peak, self._rss())
         if self._kernel_peak:
             self.peak = max(self.peak, _hwm_bytes())
 
     async def _sample(self) -> None:
         while True:
             await asyncio.sleep(self._every)
-            self.peak = max(self.peak, rss_bytes())
+            self.peak = max(self.peak, self._rss())
 
     @property
     def growth(self) -> int:
         return max(0, self.peak - self.baseline)
+
+
+class GcPauses:
+    """The cyclic garbage collector's pauses in this process over a ``with`` block.
+
+    With tens of thousands of live objects per stream, a full (generation 2)
+    collection stops the loop for hundreds of milliseconds: at 10,000 streams
+    that, not the transport, is what the tail latency measures.
+    """
+
+    def __init__(self) -> None:
+        self.longest = 0.0  # seconds
+        self.total = 0.0
+        self.count = 0
+        self._began = 0.0
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = perf_counter()
+            return
+        pause = perf_counter() - self._began
+        self.longest = max(self.longest, pause)
+        self.total += pause
+        self.count += 1

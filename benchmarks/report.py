@@ -1,7 +1,8 @@
 """Turning rounds into medians, ratios, targets, a table and a JSON file.
 
-Ratios are contender / loopback TCP keep-alive (``tcp``) for every figure, so
-for throughput higher is better and for latency and memory lower is better;
+Ratios are contender / loopback TCP keep-alive (``tcp``, or the reference a
+workload names: ``tcp-apart`` for 10,000 streams) for every figure, so for
+throughput higher is better and for latency and memory lower is better;
 unary workloads also get contender / ``tcp-close``. The targets are those of
 the benchmark issue, checked on the medians (the slow reader's pipe buffer
 on its worst round: it must *never* go above 1 MiB).
@@ -177,12 +178,12 @@ def summarize(
     }
     for workload in workloads:
         per: dict[str, Any] = {}
-        for name in names:
+        for name in workload.runs_on(names):
             med = m.get(workload.name, {}).get(name, {})
             per[name] = {
                 "median": med,
                 "vs_tcp": {
-                    f.key: _ratio(m, workload.name, name, f.key, REFERENCE)
+                    f.key: _ratio(m, workload.name, name, f.key, workload.reference)
                     for f in workload.figures
                 },
                 "rounds": results.rounds.get(workload.name, {}).get(name, []),
@@ -195,6 +196,7 @@ def summarize(
         doc["workloads"][workload.name] = {
             "title": workload.title,
             "about": workload.about,
+            "reference": workload.reference,
             "rounds": workload.rounds(rounds),
             "figures": [asdict(f) for f in workload.figures],
             "contenders": per,
@@ -220,14 +222,15 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(f"\n{name}: {workload['title']}\n  ({workload['about']})")
         head = f"  {'contender':<22}"
         for f in figures:
-            head += f" {f['key'] + ' (' + f['unit'] + ')':>22} {'x tcp':>7}"
+            head += f" {f['key'] + ' (' + f['unit'] + ')':>22} {'x ' + workload['reference']:>11}"
         if name.startswith("unary"):
             head += f" {'x tcp-close':>12}"
         lines.append(head)
         for contender, cell in workload["contenders"].items():
             row = f"  {contender:<22}"
             for f in figures:
-                row += f" {fmt(cell['median'].get(f['key'])):>22} {_x(cell['vs_tcp'][f['key']]):>7}"
+                value, ratio = cell["median"].get(f["key"]), cell["vs_tcp"][f["key"]]
+                row += f" {fmt(value):>22} {_x(ratio):>11}"
             if name.startswith("unary"):
                 row += f" {_x(cell['vs_tcp_close']['rps']):>12}"
             if cell["errors"]:

@@ -42,8 +42,12 @@ class Results:
 
 def _limit(scale: Scale) -> float:
     """The most one measurement may take, whatever happens: its loops'
-    time caps plus room for set-up and a fan-out's ramp."""
-    return 3 * scale.time_cap + scale.fanout_interval * (scale.fanout_events + 2) + 30
+    time caps plus room for set-up and the longest fan-out with its ramp."""
+    fanout = max(
+        scale.fanout_interval * (scale.fanout_events + 2),
+        scale.wide_ramp + scale.wide_interval * (scale.wide_events + 2),
+    )
+    return 3 * scale.time_cap + fanout + 30
 
 
 def _rotated(names: list[str], round_: int) -> list[str]:
@@ -78,13 +82,15 @@ async def run(
 async def _run_in_process(
     workloads: list[Workload], names: list[str], scale: Scale, rounds: int, results: Results
 ) -> None:
-    contenders = {name: CONTENDERS[name]() for name in names}
+    used = {n for w in workloads for n in w.runs_on(names)}
+    contenders = {name: CONTENDERS[name]() for name in names if name in used}
     try:
         for contender in contenders.values():
             await contender.start()
         for workload in workloads:
-            for round_ in range(workload.rounds(rounds)):
-                for name in _rotated(names, round_):
+            on = workload.runs_on(names)
+            for round_ in range(workload.rounds(rounds) if on else 0):
+                for name in _rotated(on, round_):
                     try:
                         async with asyncio.timeout(_limit(scale)):
                             figures = await workload.run(contenders[name], scale)
@@ -108,9 +114,10 @@ async def _run_isolated(
     *,
     smoke: bool,
 ) -> None:
-    rounds = workload.rounds(rounds)
+    on = workload.runs_on(names)
+    rounds = workload.rounds(rounds) if on else 0
     for round_ in range(rounds):
-        for name in _rotated(names, round_):
+        for name in _rotated(on, round_):
             argv = [sys.executable, "-m", "benchmarks", "--child", workload.name, name]
             figures, error = await _child(argv + (["--smoke"] if smoke else []), _limit(scale))
             results.add(workload.name, name, figures, error)

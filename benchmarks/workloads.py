@@ -12,9 +12,10 @@ import asyncio
 import gc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from time import perf_counter, perf_counter_ns
+from time import perf_counter
 
-from .contenders import Client, Contender
+from .contenders import CONTENDERS, Client, Contender
+from .fanout import fanout_round, read_stamped
 from .measure import PeakRSS, percentile
 
 __all__ = ["FULL", "SMOKE", "WORKLOADS", "Figure", "Figures", "Scale", "Workload"]
@@ -37,6 +38,10 @@ class Scale:
     fanout_streams: int
     fanout_events: int  # per stream
     fanout_interval: float  # seconds between a stream's events
+    wide_streams: int  # the wide fan-out: as fanout_*, and its streams open over wide_ramp
+    wide_events: int
+    wide_interval: float
+    wide_ramp: float
     slow_total: int  # bytes
     slow_pause: float  # seconds the slow reader sleeps after each 64 KiB read
     time_cap: float  # seconds, per measurement
@@ -53,6 +58,10 @@ FULL = Scale(
     fanout_streams=1_000,
     fanout_events=10,
     fanout_interval=0.2,
+    wide_streams=10_000,
+    wide_events=6,
+    wide_interval=2.0,
+    wide_ramp=6.0,
     slow_total=200 * MIB,
     slow_pause=0.001,
     time_cap=6.0,
@@ -69,6 +78,10 @@ SMOKE = Scale(
     fanout_streams=20,
     fanout_events=3,
     fanout_interval=0.01,
+    wide_streams=40,
+    wide_events=3,
+    wide_interval=0.01,
+    wide_ramp=0.02,
     slow_total=2 * MIB,
     slow_pause=0.0,
     time_cap=5.0,
@@ -91,10 +104,18 @@ class Workload:
     run: Callable[[Contender, Scale], Awaitable[Figures]]
     about: str  # what the figures mean, for the table and the JSON file
     isolated: bool = False  # run each contender in a fresh process (memory figures)
+    contenders: tuple[str, ...] = ()  # only these; () = every contender that runs everywhere
+    reference: str = "tcp"  # what the ratios are taken against
 
     def rounds(self, asked: int) -> int:
         """Memory figures vary little and each round costs a process: at most 3."""
         return min(asked, 3) if self.isolated else asked
+
+    def runs_on(self, names: list[str]) -> list[str]:
+        """Of the contenders asked for, those this workload runs on."""
+        if self.contenders:
+            return [n for n in names if n in self.contenders]
+        return [n for n in names if CONTENDERS[n].everywhere]
 
 
 def _client(contender: Contender) -> Client:
@@ -198,31 +219,16 @@ async def _sse_burst(contender: Contender, scale: Scale) -> Figures:
     }
 
 
-async def _read_stamped(client: Client, path: str, latencies: list[int], deadline: float) -> int:
-    """Read events that carry their write time; add each one's latency (ns)."""
-    rest, events = b"", 0
-    async with client.stream(path) as body:
-        async for chunk in body:
-            now = perf_counter_ns()
-            *complete, rest = (rest + chunk).split(b"\n\n")
-            for event in complete:
-                latencies.append(now - int(event[6:]))  # b"data: <ns>"
-            events += len(complete)
-            if perf_counter() > deadline:
-                break
-    return events
-
-
 async def _sse_paced(contender: Contender, scale: Scale) -> Figures:
     client = _client(contender)
     latencies: list[int] = []
     pause = scale.paced_pause
-    await _read_stamped(client, f"/sse-paced?n=50&pause={pause}", latencies, perf_counter() + 5)
+    await read_stamped(client, f"/sse-paced?n=50&pause={pause}", latencies, perf_counter() + 5)
     latencies.clear()
     gc.collect()
     n = scale.paced_events
     start = perf_counter()
-    events = await _read_stamped(
+    events = await read_stamped(
         client, f"/sse-paced?n={n}&pause={pause}", latencies, start + scale.time_cap
     )
     seconds = perf_counter() - start
@@ -235,31 +241,18 @@ async def _sse_paced(contender: Contender, scale: Scale) -> Figures:
     }
 
 
-async def _fanout(contender: Contender, scale: Scale) -> Figures:
-    client = _client(contender)
-    streams, interval = scale.fanout_streams, scale.fanout_interval
-    path = f"/sse-paced?n={scale.fanout_events}&pause={interval}"
-    latencies: list[int] = []  # ~0.4 MB for 10,000 events: 0.4 KiB a stream, noise
-    await _read_stamped(client, "/sse-paced?n=2&pause=0", latencies, perf_counter() + 5)
-    latencies.clear()
-    deadline = perf_counter() + interval * (scale.fanout_events + 1) + scale.time_cap
+def _fanout(
+    shape: Callable[[Scale], tuple[int, int, float, float]],
+) -> Callable[[Contender, Scale], Awaitable[Figures]]:
+    """Concurrent paced streams; ``shape`` gives (streams, events per stream,
+    seconds between events, seconds over which the streams open)."""
 
-    async def one(i: int) -> int:
-        await asyncio.sleep(interval * i / streams)  # spread the streams' phases evenly
-        return await _read_stamped(client, path, latencies, deadline)
+    async def run(contender: Contender, scale: Scale) -> Figures:
+        return await fanout_round(
+            _client(contender), contender.pids(), scale.time_cap, *shape(scale)
+        )
 
-    gc.collect()
-    async with PeakRSS() as memory:
-        counts = await asyncio.gather(*(one(i) for i in range(streams)))
-    latencies.sort()
-    expected = streams * scale.fanout_events
-    return {
-        "p99_ms": percentile(latencies, 99) / 1e6,
-        "p50_ms": percentile(latencies, 50) / 1e6,
-        "rss_per_stream_kib": memory.growth / streams / KIB,
-        "peak_rss_mib": memory.peak / MIB,
-        "truncated": float(sum(counts) < expected),
-    }
+    return run
 
 
 async def _slow_reader(contender: Contender, scale: Scale) -> Figures:
@@ -341,10 +334,30 @@ WORKLOADS: dict[str, Workload] = {
                 Figure("p99_ms", "ms", False),
                 Figure("p50_ms", "ms", False),
             ),
-            _fanout,
+            _fanout(
+                lambda s: (s.fanout_streams, s.fanout_events, s.fanout_interval, s.fanout_interval)
+            ),
             "peak RSS growth (client and server sides, kernel buffers not included) "
             "per stream; event write-to-read latency",
             isolated=True,
+        ),
+        Workload(
+            "fanout_10k",
+            "10,000 concurrent SSE streams, each run in fresh processes",
+            (
+                Figure("rss_per_stream_kib", "KiB", False),
+                Figure("p99_ms", "ms", False),
+                Figure("p50_ms", "ms", False),
+                Figure("gc_max_ms", "ms", False),
+            ),
+            _fanout(lambda s: (s.wide_streams, s.wide_events, s.wide_interval, s.wide_ramp)),
+            "as fanout, at 10,000 streams opened over 6 s, then all open for 6 s more, an "
+            "event every 2 s on each; TCP runs the app in a second process (20,000 sockets "
+            "in one would pass the machine's descriptor limit) and its RSS is the sum of "
+            "both; gc_max: the caller's process's longest garbage collection",
+            isolated=True,
+            contenders=("meshbridge", "tcp-apart"),
+            reference="tcp-apart",
         ),
         Workload(
             "slow_reader",
