@@ -1,5 +1,6 @@
 """The command line: ``python -m benchmarks [--smoke] [--rounds N] [--only W] [--json PATH]``,
-and ``python -m benchmarks soak [--quick]`` (see ``soak.py``)."""
+and ``python -m benchmarks soak [--quick]`` (see ``soak.py``), ``slowloris``
+and ``policies [--quick]`` (what traffic policies cost, see ``policies.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import slowloris, soak
+from . import policies, slowloris, soak
 from .apart import serve_main
 from .contenders import CONTENDERS
 from .report import summarize, table, write_json
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["soak"]:
         return soak.main(argv[1:])
+    if argv[:1] == ["policies"]:
+        return policies.main(argv[1:])
     if argv[:1] == ["slowloris"]:
         _raise_fd_limit()  # a descriptor per connection, here and in the server it starts
         return slowloris.main(argv[1:])

@@ -98,10 +98,8 @@ class MeshConnector(ConnectorBase):
         source = current_source.get() or self._source
         api_key_id = current_api_key_id.get() or self._api_key_id
         traffic = self._traffic
-        governed = traffic.governs(name)
-        first = traffic.choose(name, source, api_key_id) if governed else name
-        if governed and not traffic.is_route(name):
-            self._router.lookup(name)  # a mesh that is not running says so first
+        governed = name in traffic.guards or name in traffic.route_table
+        first = traffic.choose(name, source, api_key_id) if name in traffic.route_table else name
         provider = self._router.lookup(first)
         if api_key_id is None and provider.require_api_key_id:
             raise MissingAPIKeyID(provider.name)
@@ -119,7 +117,7 @@ class MeshConnector(ConnectorBase):
             while True:
                 conn = await super().connect(req, traces, timeout)
                 transport = conn.transport
-                link = transport.pipe.owner if isinstance(transport, PipeEnd) else None
+                link = transport.pipe.owner if isinstance(transport, PipeEnd) else transport
                 if isinstance(link, Link | Relay) and link.serves(name, wanted):
                     break
                 conn.close()  # a link to a provider that was replaced: never reuse it

@@ -3,9 +3,10 @@
 A direct link (``_link.py``) joins the caller's protocol to one provider's
 server with one pipe. For a route, or a provider with a policy, a relay
 stands in the middle instead, so that what the caller gets can differ from
-what one attempt answered::
+what one attempt answered. The relay is itself the caller protocol's
+transport, so it adds one hop, not a second pipe::
 
-    caller protocol ── pipe ── Relay ── pipe ── provider server  (an Upstream per provider)
+    caller protocol ── Relay ── pipe ── provider server  (an Upstream per provider)
 
 Rules of the relay:
 
@@ -28,6 +29,9 @@ Rules of the relay:
    never a clean end.
 6. Flow control passes through: a slow caller pauses the provider's output,
    a slow provider pauses the caller's upload.
+7. As a transport the relay keeps the pipe's rules (``_pipe.py``): bytes reach
+   the caller's protocol in order, never re-entering its ``data_received``,
+   none while it paused reading; ``connection_lost`` comes from the loop.
 
 The decisions (breakers, budgets, backoff, splits) are :class:`Traffic`'s;
 this module only moves bytes and keeps time.
@@ -37,13 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from ._exchange import CANCELLED, COMPLETED, ERROR, Exchange
-from ._link import Carrier, open_pipe
+from ._link import Carrier
 from ._metrics import MeshMetrics
-from ._pipe import PipeStats
+from ._pipe import HIGH_WATER, LOW_WATER, PipeStats
 from ._provider import RUNNING, Provider
 from ._retry import parse_retry_after
 from ._routing import Router
@@ -189,8 +194,9 @@ class Upstream(Carrier, asyncio.Protocol):
         self.relay._resume_caller(self)
 
 
-class Relay(Carrier, asyncio.Protocol):
-    """A caller's pooled connection to a governed name (a route or a provider)."""
+class Relay(asyncio.Transport):
+    """A caller's pooled connection to a governed name (a route or a provider),
+    and the transport of the caller's protocol."""
 
     def __init__(
         self,
@@ -205,37 +211,40 @@ class Relay(Carrier, asyncio.Protocol):
         stats: PipeStats,
         secure: bool,
     ) -> None:
+        port = 443 if secure else 80
+        super().__init__({"peername": (target, port), "sockname": ("127.0.0.1", 0)})
         self.target = target
         self._router = router
         self._traffic = traffic
         self._metrics = metrics
         self._error_body = error_body
         self._loop = loop
+        self._stats = stats
         self._secure = secure
         self._upstreams: dict[str, Upstream] = {}
         self._call: Call | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._cut_reason: str | None = None
         self.closed = False
-        # The relay is the server side of the caller's pipe.
-        tls = True if secure else None
-        self.pipe = open_pipe(
-            self, target, client, self, loop=loop, stats=stats, tls=tls, on_close=self._caller_gone
-        )
+        # The transport's side (Rule 7).
+        self._client = client
+        self._reading = True  # the caller's protocol takes data
+        self._delivering = False  # it is inside data_received
+        self._pending: deque[bytes] = deque()  # for it, while it cannot take them
+        self._flushed: list[Callable[[], None]] = []
+        self._writing_paused = False  # we told it to pause writing
+        self._limits = (LOW_WATER, HIGH_WATER)
+        client.connection_made(self)
 
     def serves(self, target: str, provider: object) -> bool:
         """Whether this pooled relay may carry a request for ``target``."""
         return self.target == target and not self.closed
-
-    def take(self) -> Exchange | None:
-        return None  # nothing parses requests on the relay's own pipe
 
     # -- calls -----------------------------------------------------------------------
 
     def begin(self, call: Call) -> None:
         """The caller is about to send the request ``call`` describes."""
         self._call = call
-        guard = self._traffic.guard(call.provider)
+        guard = self._traffic.guards.get(call.candidates[0])
         if guard is not None:
             policy = guard.policy
             if policy.fallback:
@@ -262,9 +271,9 @@ class Relay(Carrier, asyncio.Protocol):
         if call is not self._call or call.phase != _WAITING:
             return
         traffic = self._traffic
-        name = call.provider
-        guard = traffic.guard(name)
-        provider = self._router.table.get(name)
+        name = call.candidates[call.index]
+        guard = traffic.guards.get(name)
+        provider = self._router._table.get(name)
         if provider is None or provider.state != RUNNING:
             if not self._again(call, "connect-failure", None):
                 self._answer(call, 503, "unavailable", None, f"provider {name!r} is not running")
@@ -299,7 +308,8 @@ class Relay(Carrier, asyncio.Protocol):
         call.upstream, call.attempt = upstream, exchange
         call.guard, call.generation = guard, generation
         call.phase = _HEAD
-        call.head.clear()
+        if call.head:
+            call.head.clear()
         if guard is not None:
             guard.in_flight += 1
             if call.tries == 0 and guard.policy.retries:
@@ -311,8 +321,10 @@ class Relay(Carrier, asyncio.Protocol):
         for chunk in call.sent:
             upstream.write(chunk)
         if not call.replayable:
-            call.sent.clear()
-        self.pipe.server.resume_reading()
+            self._forget(call)
+        self._resume_writer()
+        if not self._reading:
+            upstream.pipe.client.pause_reading()
 
     def _again(self, call: Call, reason: str, retry_after: float | None) -> bool:
         """The current attempt failed with ``reason`` before its head was
@@ -389,7 +401,12 @@ class Relay(Carrier, asyncio.Protocol):
 
     # -- bytes from the caller ---------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """The caller's request bytes (the caller's protocol writes them)."""
+        if self.closed or not data:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
         call = self._call
         if call is None or call.phase == _DONE:
             return  # a request body after a synthetic answer: dropped
@@ -400,21 +417,30 @@ class Relay(Carrier, asyncio.Protocol):
                 self._done(call, COMPLETED)
             return
         call.received += len(data)
-        keep = call.replayable or call.upstream is None
-        if keep:
+        if call.replayable and call.sent_size + len(data) > call.replay_limit:
+            call.replayable = False  # too large to replay (Rule 3): keep nothing more
+            if call.upstream is not None:
+                self._forget(call)
+        if call.replayable or call.upstream is None:  # kept for a replay, or until an attempt
             call.sent.append(data)
             call.sent_size += len(data)
-            if call.replayable and call.sent_size > call.replay_limit:
-                call.replayable = False  # too large to replay (Rule 3)
-                if call.upstream is not None:
-                    call.sent.clear()
+            stats = self._stats
+            stats.buffered += len(data)
+            if stats.buffered > stats.peak:
+                stats.peak = stats.buffered
             if call.upstream is None and call.sent_size > call.replay_limit:
-                self.pipe.server.pause_reading()  # hold the upload until an attempt starts
+                self._pause_writer()  # hold the upload until an attempt starts
         if call.upstream is not None:
-            call.upstream.write(data)
+            call.upstream.pipe.client.write(data)
 
-    def eof_received(self) -> bool | None:
-        return None
+    def _forget(self, call: Call) -> None:
+        """Drop the request bytes kept for a replay (counted in the mesh's
+        buffered bytes while kept)."""
+        self._stats.buffered -= sum(map(len, call.sent))
+        call.sent.clear()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
 
     # -- bytes from a provider ---------------------------------------------------------
 
@@ -425,7 +451,10 @@ class Relay(Carrier, asyncio.Protocol):
         if call.phase == _COMMITTED:
             if call.idle is not None:
                 call.last_chunk = self._loop.time()
-            self._to_caller(data)
+            if self._reading and not self._delivering and not self._pending:
+                self._deliver(data)
+            else:
+                self._to_caller(data)
             return
         if call.head:
             call.head += data
@@ -437,7 +466,10 @@ class Relay(Carrier, asyncio.Protocol):
             if head is data:
                 call.head += data
             return
-        status = _status(head)
+        try:
+            status = int(head[9:12])
+        except ValueError:
+            status = 0
         guard = call.guard
         if guard is not None and guard.breaker is not None and call.generation is not None:
             failed = status in guard.breaker.config.on
@@ -451,7 +483,8 @@ class Relay(Carrier, asyncio.Protocol):
     def _commit(self, call: Call, status: int, head: bytes | bytearray) -> None:
         call.phase = _COMMITTED
         call.status = status
-        call.sent.clear()
+        if call.sent:
+            self._forget(call)
         call.replayable = False
         call.first_byte = None
         guard = call.guard
@@ -468,7 +501,10 @@ class Relay(Carrier, asyncio.Protocol):
         if call is None or exchange is not call.attempt:
             return
         if call.phase == _COMMITTED and exchange.outcome == COMPLETED:
-            self.pipe.server.when_flushed(lambda: self._done(call, COMPLETED))
+            if self._pending:
+                self._when_flushed(lambda: self._done(call, COMPLETED))
+            else:
+                self._done(call, COMPLETED)
 
     def _upstream_lost(self, upstream: Upstream) -> None:
         if self._upstreams.get(upstream.provider.name) is upstream:
@@ -489,7 +525,7 @@ class Relay(Carrier, asyncio.Protocol):
         if not self._again(call, "connect-failure", None):
             self._end_attempt(call)
             self._done(call, ERROR)
-            self.pipe.server.close()  # as over TCP: the caller sees the server disconnect
+            self._lose(None)  # as over TCP: the caller sees the server disconnect
 
     # -- time ----------------------------------------------------------------------------
 
@@ -575,14 +611,13 @@ class Relay(Carrier, asyncio.Protocol):
             self._done(call, COMPLETED)
         else:
             call.pending_answer = answer
-        self.pipe.server.resume_reading()
+        self._resume_writer()
 
     def _cut(self, call: Call, reason: str) -> None:
         """End a committed response with an error on the caller's side (Rule 5)."""
         self._end_attempt(call, outcome=ERROR)
         self._done(call, ERROR)
-        self._cut_reason = reason
-        self.pipe.server.abort()
+        self._lose(ConnectionResetError(reason))
 
     def _done(self, call: Call, outcome: str) -> None:
         if call.phase == _DONE:
@@ -592,14 +627,16 @@ class Relay(Carrier, asyncio.Protocol):
                 call.guard.in_flight -= 1
             call.upstream = call.attempt = None
         call.phase = _DONE
-        call.cancel_timers()
-        call.sent.clear()
+        if call.timer is not None:
+            call.cancel_timers()
+        if call.sent:
+            self._forget(call)
         self._traffic.count("calls", call.target, call.source, str(call.status), outcome)
         if self._call is call:
             self._call = None
 
-    def _caller_gone(self, by_client: bool) -> Exception | None:
-        """The caller's pipe closed: by the caller, or by us (a cut)."""
+    def _gone(self, outcome: str) -> None:
+        """The caller's connection ends: stop everything on it."""
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -607,50 +644,136 @@ class Relay(Carrier, asyncio.Protocol):
         call = self._call
         if call is not None and call.phase != _DONE:
             self._end_attempt(call)
-            self._done(call, CANCELLED if by_client else ERROR)
+            self._done(call, outcome)
         for upstream in list(self._upstreams.values()):
             upstream.pipe.client.close()
         self._upstreams.clear()
-        if by_client:
-            return None
-        reason, self._cut_reason = self._cut_reason, None
-        return ConnectionResetError(reason) if reason is not None else None
+        self._pending.clear()
+        self._flushed.clear()
 
-    # -- flow control (Rule 6) -------------------------------------------------------------
+    def _lose(self, exc: Exception | None) -> None:
+        """End the caller's connection from our side: a clean close (None) or
+        a cut, which fails the caller's read."""
+        if self.closed:
+            return
+        self._gone(ERROR)
+        self._loop.call_soon(self._client.connection_lost, exc)
+
+    # -- asyncio.Transport, for the caller's protocol (Rule 7) ------------------------
+
+    def close(self) -> None:
+        if not self.closed:
+            self._gone(CANCELLED)
+            self._loop.call_soon(self._client.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("in-memory transports do not half-close")
+
+    def pause_reading(self) -> None:  # the caller reads slowly
+        if self._reading:
+            self._reading = False
+            call = self._call
+            if call is not None and call.upstream is not None:
+                call.upstream.pipe.client.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            if self._pending:
+                self._loop.call_soon(self._flush)  # never from inside the reader's call
+            call = self._call
+            if call is not None and call.upstream is not None:
+                call.upstream.pipe.client.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._reading and not self.closed
+
+    def get_write_buffer_size(self) -> int:
+        call = self._call
+        upstream = call.upstream if call is not None else None
+        return upstream.pipe.client.get_write_buffer_size() if upstream is not None else 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._limits
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        high = HIGH_WATER if high is None else high
+        self._limits = (high // 4 if low is None else low, high)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
+        self._client = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._client
+
+    # -- to the caller's protocol, and flow control (Rules 6 and 7) ---------------------
 
     def _to_caller(self, data: bytes | bytearray) -> None:
-        self.pipe.server.write(data)
+        if self.closed:
+            return
+        chunk = data if type(data) is bytes else bytes(data)
+        if self._reading and not self._delivering and not self._pending:
+            self._deliver(chunk)
+        else:
+            self._pending.append(chunk)
 
-    def pause_writing(self) -> None:  # the caller reads slowly
-        call = self._call
-        if call is not None and call.upstream is not None:
-            call.upstream.pipe.client.pause_reading()
+    def _deliver(self, chunk: bytes) -> None:
+        self._delivering = True
+        try:
+            self._client.data_received(chunk)
+        except Exception as exc:  # a protocol bug must not unwind into the provider
+            self._loop.call_exception_handler(
+                {"message": "meshbridge relay: data_received failed", "exception": exc}
+            )
+            self._lose(ConnectionResetError("the caller's protocol failed"))
+        finally:
+            self._delivering = False
+        if self._pending and self._reading:
+            self._loop.call_soon(self._flush)
 
-    def resume_writing(self) -> None:
-        call = self._call
-        if call is not None and call.upstream is not None:
-            call.upstream.pipe.client.resume_reading()
+    def _flush(self) -> None:
+        while self._pending and self._reading and not self._delivering and not self.closed:
+            self._deliver(self._pending.popleft())
+        if not self._pending and self._flushed:
+            callbacks, self._flushed = self._flushed, []
+            for callback in callbacks:
+                callback()
+
+    def _when_flushed(self, callback: Callable[[], None]) -> None:
+        if not self._pending:
+            callback()
+        elif not self.closed:
+            self._flushed.append(callback)
+
+    def _pause_writer(self) -> None:
+        if not self._writing_paused:
+            self._writing_paused = True
+            self._client.pause_writing()
+
+    def _resume_writer(self) -> None:
+        if self._writing_paused:
+            self._writing_paused = False
+            self._client.resume_writing()
 
     def _pause_caller(self, upstream: Upstream) -> None:  # the provider reads slowly
         call = self._call
         if call is not None and upstream is call.upstream:
-            self.pipe.server.pause_reading()
+            self._pause_writer()
 
     def _resume_caller(self, upstream: Upstream) -> None:
         call = self._call
         if call is not None and upstream is call.upstream:
-            self.pipe.server.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-
-
-def _status(head: bytes | bytearray) -> int:
-    """The status code of a response head (0 if it has none)."""
-    try:
-        return int(head[9:12])
-    except ValueError:
-        return 0
+            self._resume_writer()
 
 
 def _retry_after(head: bytes) -> float | None:

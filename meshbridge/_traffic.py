@@ -76,8 +76,9 @@ class Traffic:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
-        self._guards: dict[str, Guard] = {}
-        self._routes: dict[str, Route] = {}
+        # Read on every request by the connector and the relay (plain dicts).
+        self.guards: dict[str, Guard] = {}
+        self.route_table: dict[str, Route] = {}
         if metrics is not None:
             metrics.circuit_levels = self.circuit_levels
 
@@ -85,18 +86,18 @@ class Traffic:
 
     @property
     def policies(self) -> Mapping[str, Policy]:
-        return {name: guard.policy for name, guard in self._guards.items()}
+        return {name: guard.policy for name, guard in self.guards.items()}
 
     @property
     def routes(self) -> Mapping[str, Route]:
-        return dict(self._routes)
+        return dict(self.route_table)
 
     def set_policy(self, name: str, policy: Policy | None) -> None:
         """Give ``name`` a policy (None: none). An unchanged policy keeps its state."""
         if policy is None:
-            self._guards.pop(name, None)
+            self.guards.pop(name, None)
             return
-        old = self._guards.get(name)
+        old = self.guards.get(name)
         if old is not None and old.policy == policy:
             return
         guard = Guard(name, policy, self.metrics)
@@ -104,38 +105,38 @@ class Traffic:
             guard.in_flight = old.in_flight
             if old.policy.circuit_breaker == policy.circuit_breaker:
                 guard.breaker = old.breaker
-        self._guards[name] = guard
+        self.guards[name] = guard
 
     def set_route(self, name: str, route: Route | None) -> None:
         if route is None:
-            self._routes.pop(name, None)
+            self.route_table.pop(name, None)
         else:
-            self._routes[name] = route
+            self.route_table[name] = route
 
     def replace(self, policies: Mapping[str, Policy], routes: Mapping[str, Route]) -> None:
         """Install whole new tables (a config reload); unchanged policies keep their state."""
-        for name in list(self._guards):
+        for name in list(self.guards):
             if name not in policies:
-                del self._guards[name]
+                del self.guards[name]
         for name, policy in policies.items():
             self.set_policy(name, policy)
-        self._routes = dict(routes)
+        self.route_table = dict(routes)
 
     def governs(self, name: str) -> bool:
         """Whether requests to ``name`` go through the relay (a route, or a policy)."""
-        return name in self._guards or name in self._routes
+        return name in self.guards or name in self.route_table
 
     def is_route(self, name: str) -> bool:
-        return name in self._routes
+        return name in self.route_table
 
     def guard(self, name: str) -> Guard | None:
-        return self._guards.get(name)
+        return self.guards.get(name)
 
     # -- decisions ---------------------------------------------------------------
 
     def choose(self, target: str, source: Source | None, api_key_id: str | None) -> str:
         """The provider a request to ``target`` goes to first (a route's split)."""
-        route = self._routes.get(target)
+        route = self.route_table.get(target)
         if route is None:
             return target
         key = None
@@ -160,7 +161,7 @@ class Traffic:
         now = self.clock()
         return {
             name: guard.breaker.level(now)
-            for name, guard in self._guards.items()
+            for name, guard in self.guards.items()
             if guard.breaker is not None
         }
 

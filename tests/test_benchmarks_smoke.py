@@ -113,3 +113,23 @@ def test_a_count_that_differs_from_the_requests_made_is_named_by_source_and_outc
         "unary error: 0 made, 1 counted",
     ]
     assert compare(made, Counter(made)) == []
+
+
+def test_the_cost_of_traffic_policies_is_measured(tmp_path: Path) -> None:
+    out = tmp_path / "policies.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "policies", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr == ""
+    figures = json.loads(out.read_text())
+    # figures only (no timing asserted): every row was measured
+    assert set(figures) == {"idle_sequential", "idle_64", "retried", "kept"}
+    assert figures["retried"]["ratio"] > 0
+    # a retried 32 KiB body is kept once for its replay, never more than the limit
+    assert 32 * 1024 <= figures["kept"]["body_32k"] <= figures["kept"]["replay_limit"]

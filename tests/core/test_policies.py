@@ -100,9 +100,11 @@ async def test_a_body_over_the_replay_limit_is_never_retried(make_mesh: MeshFact
     async with mesh.session() as session:
         async with session.post("http://llm/", data=b"x" * 2048) as r:
             assert r.status == 503
+        assert mesh.peak_buffered_bytes < 1024  # nothing of it was kept for a replay
         async with session.post("http://llm/", data=b"x" * 512) as r:
             assert r.status == 200
     assert len(app[CALLS]) == 2
+    assert mesh.buffered_bytes == 0
 
 
 async def test_a_streamed_upload_is_never_retried(make_mesh: MeshFactory) -> None:
