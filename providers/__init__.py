@@ -4,6 +4,7 @@
     fake        meshbridge/providers/fake.py        local deterministic LLM emulator
     openai      meshbridge/providers/openai.py      proxy of an OpenAI-compatible upstream
     anthropic   meshbridge/providers/anthropic.py   proxy of the Anthropic Messages API
+    remote      meshbridge/providers/remote.py      any HTTP service, or another meshbridge serve
 
 (The source lives in the repository's top-level ``providers/`` folder; it
 installs as ``meshbridge.providers``.) This layer builds on the core's public
@@ -18,6 +19,11 @@ package can add one (see :func:`kinds`)::
 ``prepare`` records every problem on the reader, with its key path;
 ``reader.finish()`` raises :class:`meshbridge.ConfigError` listing them all.
 Token usage goes to the mesh's metrics through :func:`report`.
+
+Between meshbridge processes the caller's identity travels in a signed
+header: :func:`sign_identity` writes it (the ``remote`` kind), and
+:func:`read_identity` and :func:`check_identity` check it (``meshbridge
+serve``); see ``_signing.py`` for its format and rules.
 """
 
 from __future__ import annotations
@@ -25,15 +31,39 @@ from __future__ import annotations
 from ._kind import Kind, Plan, ProviderContext
 from ._options import OptionReader
 from ._registry import kinds
+from ._signing import (
+    MAX_SKEW,
+    MIN_SECRET,
+    PEER_HEADER,
+    REASONS,
+    NonceCache,
+    SignatureError,
+    SignedIdentity,
+    check_identity,
+    check_key_id,
+    read_identity,
+    sign_identity,
+)
 from ._usage import ModelLabels, Usage, report
 
 __all__ = [
+    "MAX_SKEW",
+    "MIN_SECRET",
+    "PEER_HEADER",
+    "REASONS",
     "Kind",
     "ModelLabels",
+    "NonceCache",
     "OptionReader",
     "Plan",
     "ProviderContext",
+    "SignatureError",
+    "SignedIdentity",
     "Usage",
+    "check_identity",
+    "check_key_id",
     "kinds",
+    "read_identity",
     "report",
+    "sign_identity",
 ]

@@ -137,4 +137,5 @@ def test_python_dash_m_runs_the_command(command: list[str]) -> None:
         "anthropic",
         "fake",
         "openai",
+        "remote",
     }

@@ -16,7 +16,15 @@ from __future__ import annotations
 from meshbridge import ConfigError
 
 from ._cli import main
-from ._config import ClientConfig, Config, ProviderConfig, ServerConfig, load_config, parse_config
+from ._config import (
+    ClientConfig,
+    Config,
+    PeerConfig,
+    ProviderConfig,
+    ServerConfig,
+    load_config,
+    parse_config,
+)
 from ._demo import run_demo
 from ._gateway import Gateway
 from ._reload import Reloader, mesh_from_config
@@ -27,6 +35,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Gateway",
+    "PeerConfig",
     "ProviderConfig",
     "Reloader",
     "ServerConfig",

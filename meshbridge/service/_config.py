@@ -9,6 +9,8 @@ table configures ``meshbridge serve``::
     [server.clients.ci]              # an outside caller of `serve`
     token_env = "MESHBRIDGE_CI_TOKEN"
     source = "api"
+    [server.peers.edge]              # another meshbridge, signing with key id "1"
+    secret_env = "MESHBRIDGE_PEER_SECRET"
     [providers.local]
     kind = "fake"
 
@@ -38,12 +40,14 @@ from aiohttp import web
 from meshbridge import ConfigError, Policy, Route, Source, check_api_key_id, check_provider_name
 from meshbridge.providers import Kind, OptionReader, Plan, ProviderContext, kinds
 
+from ._peer_auth import PeerConfig, parse_peers
 from ._policies import check_names, parse_policy, parse_route
 from ._toml import MAX_DEPTH, read_toml, too_deep
 
 __all__ = [
     "ClientConfig",
     "Config",
+    "PeerConfig",
     "ProviderConfig",
     "ServerConfig",
     "load_config",
@@ -88,6 +92,7 @@ class ServerConfig:
     idle_timeout: float = 60.0  # seconds a kept-alive connection may wait for its next request
     max_connections: int = 1024  # per listener; beyond it, a 503 and close
     admin: tuple[str, int] | None = None  # admin_listen: /metrics and /readyz apart
+    peers: tuple[PeerConfig, ...] = ()  # other meshbridges whose signed requests pass the gate
 
     @property
     def listen(self) -> str:
@@ -200,6 +205,7 @@ def _server(
             "max_connections", d.max_connections, minimum=1, maximum=1_000_000
         ),
         admin=_admin_listen(reader, address),
+        peers=parse_peers(reader, providers, _scope),
     )
     reader.check_unknown()
     return server

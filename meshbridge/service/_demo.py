@@ -7,8 +7,9 @@ would, then keeps a workload running until ``--duration`` ends or Ctrl-C:
 * in-process agents with the Sources ``agents``, ``api`` and ``batch`` stream
   completions through ``mesh.session()``, in both wire formats the fake
   speaks (OpenAI chat completions and Anthropic messages, taking turns; a
-  provider of kind ``openai`` or ``anthropic`` gets its own format only);
-  every fifth ``agents`` stream is closed early by its caller (a cancellation);
+  provider of kind ``openai`` or ``anthropic`` gets its own format only, one
+  of kind ``remote`` is taken for a fake elsewhere); every fifth ``agents``
+  stream is closed early by its caller (a cancellation);
 * the fake providers fail every Nth generation on purpose (handler errors,
   500s);
 * an outside caller goes through the gated HTTP route with the demo token,
@@ -178,11 +179,13 @@ class Demo:
         self.started = time.perf_counter()
         config = service.reloader.config
         # The agents' round-robin skips providers with an outage: those are
-        # reached through routes (and their policies), by route_agent.
+        # reached through routes (and their policies), by route_agent. A
+        # remote provider is driven as a fake one (in the compose stack it is
+        # a fake on another node).
         self.providers = [
             n
             for n, p in config.providers.items()
-            if p.kind == "fake"
+            if p.kind in ("fake", "remote")
             and not (isinstance(p.plan.options, FakeOptions) and p.plan.options.outage_for)
         ]
         self.routes = list(config.routes)

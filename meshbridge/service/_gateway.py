@@ -4,12 +4,16 @@ Rules of the gateway:
 
 1. The gate comes first. Every ``/<provider>/...`` request must carry one
    ``Authorization: Bearer <token>`` header matching a configured client
-   (compared in constant time, against every client); a second header is a
-   400, anything else a 401 that never reaches a provider, and does not learn
-   which providers exist.
+   (compared in constant time, against every client), or one
+   ``X-Meshbridge-Peer`` header signed by a configured peer for this method
+   and target (``_peer_auth.py``; a request carrying one is judged by it
+   alone); a second ``Authorization`` header is a 400, anything else a 401
+   that never reaches a provider, and does not learn which providers exist.
 2. Outside callers never choose who they are. The client's configured Source
-   and API key id are set by the server (``use_source``/``use_api_key_id``)
-   and the gate's ``Authorization`` header is not forwarded; the mesh carries
+   and API key id, or those a peer signed for, are set by the server
+   (``use_source``/``use_api_key_id``); the gate's ``Authorization`` header
+   and the signature are not forwarded (a signed request's ``Authorization``
+   is its caller's own, and goes on as it would in-process); the mesh carries
    identity beside the request, so no header can forge it.
 3. One provider name per request: the first path segment, percent-decoded
    once. That name is the one the client's scope (``providers``) allows or
@@ -52,6 +56,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from meshbridge import MeshError, MissingAPIKeyID, ProviderNotFound, use_api_key_id, use_source
+from meshbridge.providers import PEER_HEADER
 
 from ._config import ClientConfig, ServerConfig
 from ._http_guard import (
@@ -63,6 +68,7 @@ from ._http_guard import (
     track_requests,
 )
 from ._http_guard import json_error as _error
+from ._peer_auth import Caller, PeerGate
 from ._reload import Reloader
 
 __all__ = ["Gateway"]
@@ -85,14 +91,16 @@ _DROP_REQUEST: Final = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
+        PEER_HEADER.lower(),
     }
 )
+_DROP_SIGNED: Final = _DROP_REQUEST - {"authorization"}  # the caller's own, behind a peer
 _DROP_RESPONSE: Final = frozenset(
     {"connection", "content-length", "keep-alive", "transfer-encoding", "upgrade", "server", "date"}
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-CLIENT: Final = web.RequestKey("meshbridge_client", ClientConfig)
+CLIENT: Final = web.RequestKey("meshbridge_client", Caller)
 PROVIDER: Final = web.RequestKey("meshbridge_provider", str)
 RESPONSE: Final = web.RequestKey("meshbridge_response", web.StreamResponse)
 SENT: Final = web.RequestKey("meshbridge_sent", int)  # body bytes relayed so far
@@ -119,6 +127,7 @@ class Gateway:
         # fixed at start: a separate admin listener needs a restart
         self.admin_apart = reloader.config.server.admin is not None
         self._session: aiohttp.ClientSession | None = None
+        self.peers = PeerGate(self.mesh.registry, lambda: self.settings.peers)
 
     @property
     def settings(self) -> ServerConfig:
@@ -206,6 +215,17 @@ class Gateway:
                 found = client
         return found
 
+    def _caller(self, request: web.BaseRequest) -> Caller | web.Response:
+        """Who passes the gate (rule 1), or the refusal."""
+        if PEER_HEADER in request.headers:
+            return self.peers.check(request)
+        client = self.client_for(request)
+        if client is None:
+            denied = _error(401, "authentication_error", "missing or invalid bearer token")
+            denied.headers["WWW-Authenticate"] = 'Bearer realm="meshbridge"'
+            return denied
+        return Caller(client.name, client.source, client.api_key_id, client.providers)
+
     async def _refuse(
         self, request: web.Request, response: web.StreamResponse
     ) -> web.StreamResponse:
@@ -221,11 +241,9 @@ class Gateway:
         if len(request.headers.getall("Authorization", [])) > 1:
             message = "more than one Authorization header"
             return await self._refuse(request, _error(400, "invalid_request_error", message))
-        client = self.client_for(request)
-        if client is None:
-            denied = _error(401, "authentication_error", "missing or invalid bearer token")
-            denied.headers["WWW-Authenticate"] = 'Bearer realm="meshbridge"'
-            return await self._refuse(request, denied)
+        client = self._caller(request)
+        if isinstance(client, web.Response):
+            return await self._refuse(request, client)
         request[CLIENT] = client
         try:
             name, path = provider_path(request.rel_url.raw_path)
@@ -250,13 +268,13 @@ class Gateway:
             return self._too_large()
         query = request.rel_url.raw_query_string
         url = URL(f"http://{name}{path}" + (f"?{query}" if query else ""), encoded=True)
-        headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST
-        )
+        drop = _DROP_SIGNED if client.signed else _DROP_REQUEST
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
         assert self._session is not None
         try:
             with contextlib.ExitStack() as identity:
-                identity.enter_context(use_source(client.source))
+                if client.source is not None:
+                    identity.enter_context(use_source(client.source))
                 if client.api_key_id is not None:
                     identity.enter_context(use_api_key_id(client.api_key_id))
                 upstream = await self._session.request(
@@ -272,7 +290,7 @@ class Gateway:
         async with upstream:
             return await self._relay(request, upstream)
 
-    def _check(self, request: web.Request, client: ClientConfig, name: str) -> web.Response | None:
+    def _check(self, request: web.Request, client: Caller, name: str) -> web.Response | None:
         """The refusal of what the gate let through, before any body is read."""
         if client.providers is not None and name not in client.providers:
             message = f"client {client.name!r} may not use provider {name!r}"
@@ -322,7 +340,7 @@ class Gateway:
         await response.write_eof()
         return response
 
-    def _unknown(self, name: str, client: ClientConfig) -> web.Response:
+    def _unknown(self, name: str, client: Caller) -> web.Response:
         scope = client.providers
         known = sorted(p for p in self.mesh.providers if scope is None or p in scope)
         message = f"no provider named {name!r}; known providers: {', '.join(known) or 'none'}"
@@ -379,7 +397,7 @@ class Gateway:
             "path": request.rel_url.raw_path,
             "provider": request.get(PROVIDER),
             "client": client.name if client is not None else None,
-            "source": str(client.source) if client is not None else None,
+            "source": str(client.source) if client and client.source else None,
             "status": status,
             "outcome": outcome,
             "duration_ms": round(seconds * 1000, 3),

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
+
+from meshbridge.service import load_config
+from meshbridge.service._demo import builtin_config
 
 from ._stack import REPO, require_tool, run_tool
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
+STACK = REPO / "deploy" / "compose"  # the router tables of the two meshbridge nodes
 
 # (service, target) -> source under the repository, for every bind mount.
 EXPECTED_MOUNTS = {
@@ -18,6 +23,8 @@ EXPECTED_MOUNTS = {
     ("prometheus", "/etc/prometheus/alerts.yml"): REPO / "prometheus" / "alerts.yml",
     ("grafana", "/etc/grafana/provisioning"): REPO / "grafana" / "provisioning",
     ("grafana", "/etc/grafana/dashboards"): REPO / "grafana" / "dashboards",
+    ("meshbridge", "/etc/meshbridge/demo.toml"): STACK / "demo.toml",
+    ("meshbridge-billing", "/etc/meshbridge/billing.toml"): STACK / "billing.toml",
 }
 
 
@@ -57,7 +64,7 @@ def test_compose_file_validates_offline(docker_compose: str) -> None:
 
 def test_services(docker_compose: str) -> None:
     services = run_tool([docker_compose, "-f", str(COMPOSE), "config", "--services"])
-    assert set(services.split()) == {"meshbridge", "prometheus", "grafana"}
+    assert set(services.split()) == {"meshbridge", "meshbridge-billing", "prometheus", "grafana"}
 
 
 def test_every_mounted_file_exists(resolved: str) -> None:
@@ -71,7 +78,42 @@ def test_every_mounted_file_exists(resolved: str) -> None:
 
 def test_meshbridge_is_built_here_and_listens_on_all_interfaces(resolved: str) -> None:
     assert re.search(rf"^    build:\n      context: {re.escape(str(REPO))}$", resolved, re.M)
-    assert re.search(r"^    - demo\n    - --listen\n    - 0\.0\.0\.0:8080$", resolved, re.M)
+    demo = r"^    - demo\n    - --config\n    - /etc/meshbridge/demo\.toml\n    - --listen\n"
+    assert re.search(demo + r"    - 0\.0\.0\.0:8080$", resolved, re.M)
+    assert re.search(r"^    - serve\n    - /etc/meshbridge/billing\.toml$", resolved, re.M)
+
+
+def test_both_nodes_share_the_peer_secret_and_the_demo_waits_for_billing(resolved: str) -> None:
+    secrets = re.findall(r"^      MESHBRIDGE_PEER_SECRET: (\S+)$", resolved, re.M)
+    assert len(secrets) == 2
+    assert len(set(secrets)) == 1
+    needs = r"^    depends_on:\n      meshbridge-billing:\n        condition: service_healthy$"
+    assert re.search(needs, resolved, re.M)
+
+
+def test_the_remote_hop_is_signed_and_scoped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo node's `billing` is the billing node's, reached by name and
+    signed with the key id the billing node accepts for that provider only."""
+    monkeypatch.setenv("MESHBRIDGE_PEER_SECRET", "compose-demo-peer-secret-not-a-secret")
+    demo, billing = load_config(STACK / "demo.toml"), load_config(STACK / "billing.toml")
+    remote = demo.providers["billing"]
+    assert remote.kind == "remote"
+    shown = remote.describe()
+    assert shown["upstream"] == "http://meshbridge-billing:8080/billing"
+    assert "key id 1" in shown["identity"]
+    (peer,) = billing.server.peers
+    assert (peer.key_id, peer.providers) == ("1", frozenset({"billing"}))
+    assert billing.providers["billing"].kind == "fake"
+    assert billing.server.listen == "0.0.0.0:8080"
+    assert billing.server.admin == ("0.0.0.0", 9090)
+
+
+def test_the_demo_node_runs_the_built_in_demo_table_and_billing() -> None:
+    """deploy/compose/demo.toml is `meshbridge demo`'s own table plus the moved provider."""
+    built_in = tomllib.loads(builtin_config(0))
+    compose = tomllib.loads((STACK / "demo.toml").read_text())
+    assert compose["providers"].pop("billing")["kind"] == "remote"
+    assert compose == built_in
 
 
 def test_grafana_allows_anonymous_viewers(resolved: str) -> None:

@@ -62,7 +62,7 @@ def test_check_prints_every_error_and_exits_1(
         f"{path}: providers.A: invalid provider name 'A': expected lower-case letters and "
         "digits, words joined by single '-' (pattern ^[a-z0-9]+(-[a-z0-9]+)*$, at most 63 "
         "characters), because the name is the URL host callers use",
-        f"{path}: providers.b.kind: expected one of: anthropic, fake, openai; got '?'",
+        f"{path}: providers.b.kind: expected one of: anthropic, fake, openai, remote; got '?'",
         "3 errors",
     ]
 

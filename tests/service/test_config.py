@@ -53,12 +53,12 @@ def errors_of(path: Path) -> list[str]:
         ),
         pytest.param(
             '[providers.x]\nkind = "gemini"\n',
-            "providers.x.kind: expected one of: anthropic, fake, openai; got 'gemini'",
+            "providers.x.kind: expected one of: anthropic, fake, openai, remote; got 'gemini'",
             id="unknown kind",
         ),
         pytest.param(
             "[providers.x]\ntokens_per_second = 3\n",
-            "providers.x.kind: expected one of: anthropic, fake, openai; it is missing",
+            "providers.x.kind: expected one of: anthropic, fake, openai, remote; it is missing",
             id="missing kind",
         ),
         pytest.param(
