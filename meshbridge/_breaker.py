@@ -101,6 +101,8 @@ class Breaker:
             the request ends, or None when the breaker refuses it (open, or
             half-open with all its probes out).
         """
+        if self._state == CLOSED:
+            return self._generation  # the common case, asked on every request
         self._tick(now)
         if self._state == OPEN:
             return None
@@ -119,6 +121,8 @@ class Breaker:
             generation: what :meth:`admit` returned for the request.
             failed: the outcome counts as a failure.
         """
+        if self._state == CLOSED and not failed:
+            return  # the common case: nothing changes
         self._tick(now)
         if generation != self._generation:
             return

@@ -47,7 +47,7 @@ from typing import Any, Final
 
 from ._exchange import CANCELLED, COMPLETED, ERROR, Exchange
 from ._link import Carrier
-from ._metrics import MeshMetrics
+from ._metrics import MeshMetrics, source_label
 from ._pipe import HIGH_WATER, LOW_WATER, PipeStats
 from ._provider import RUNNING, Provider
 from ._retry import parse_retry_after
@@ -83,6 +83,8 @@ class Call:
         "head",
         "idle",
         "index",
+        "kept",
+        "label",
         "last_chunk",
         "method",
         "pending_answer",
@@ -114,12 +116,14 @@ class Call:
         self.index = 0  # which candidate is being tried
         self.tries = 0  # retries used on it
         self.source = source
+        self.label = source_label(source)  # the source label of its metrics
         self.api_key_id = api_key_id
         self.method = method
         self.replay_limit = _DEFAULT_REPLAY_LIMIT
         self.replayable = body_size is not None  # a streamed body is never replayed (Rule 3)
         self.sent: list[bytes] = []  # request bytes kept for a replay, or not yet forwarded
         self.sent_size = 0
+        self.kept = 0  # bytes in sent now
         self.received = 0  # request bytes from the caller, all told
         self.phase = _WAITING
         self.head = bytearray()
@@ -224,6 +228,7 @@ class Relay(asyncio.Transport):
         self._upstreams: dict[str, Upstream] = {}
         self._call: Call | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when it fires
         self.closed = False
         # The transport's side (Rule 7).
         self._client = client
@@ -251,13 +256,14 @@ class Relay(asyncio.Transport):
                 call.candidates += [n for n in policy.fallback if n not in call.candidates]
             call.replay_limit = policy.replay_limit
             if policy.timeout is not None:
-                call.deadline = self._loop.time() + policy.timeout
-                self._arm(call.deadline)
+                call.deadline = when = self._loop.time() + policy.timeout
+                if self._timer is None or when < self._timer_at:
+                    self._arm(when)
             fault = policy.fault
             if fault is not None:
                 rng = self._traffic.rng
                 if fault.abort_ratio and rng.random() < fault.abort_ratio:
-                    self._traffic.count("rejected", call.provider, call.source, "fault")
+                    self._traffic.count("rejected", call.provider, call.label, "fault")
                     self._answer(call, fault.abort, "fault", None, "fault injected by policy")
                     return
                 if fault.delay_ratio and rng.random() < fault.delay_ratio:
@@ -283,15 +289,19 @@ class Relay(asyncio.Transport):
         if guard is not None and guard.breaker is not None:
             generation = guard.breaker.admit(now)
             if generation is None:
-                traffic.count("rejected", name, call.source, "circuit_open")
+                traffic.count("rejected", name, call.label, "circuit_open")
                 if not self._fall_back(call):
                     wait = guard.breaker.retry_after(now)
                     self._answer(call, 503, "circuit-open", wait, f"circuit of {name!r} is open")
                 return
-        if guard is not None and guard.overloaded():
+        if (
+            guard is not None
+            and guard.policy.max_in_flight is not None
+            and guard.in_flight >= guard.policy.max_in_flight
+        ):
             if generation is not None and guard.breaker is not None:
                 guard.breaker.cancel(now, generation)  # never sent: no verdict
-            traffic.count("rejected", name, call.source, "overloaded")
+            traffic.count("rejected", name, call.label, "overloaded")
             if call.index > 0 and self._fall_back(call):
                 return
             message = f"provider {name!r} has {guard.in_flight} requests in flight, its limit"
@@ -316,13 +326,15 @@ class Relay(asyncio.Transport):
                 guard.budget.request(now)  # a first attempt; a fallback's counts for its budget
             limit = guard.policy.first_byte_timeout
             if limit is not None:
-                call.first_byte = self._loop.time() + limit
-                self._arm(call.first_byte)
+                call.first_byte = when = self._loop.time() + limit
+                if self._timer is None or when < self._timer_at:
+                    self._arm(when)
         for chunk in call.sent:
             upstream.write(chunk)
         if not call.replayable:
             self._forget(call)
-        self._resume_writer()
+        if self._writing_paused:
+            self._resume_writer()
         if not self._reading:
             upstream.pipe.client.pause_reading()
 
@@ -344,7 +356,7 @@ class Relay(asyncio.Transport):
                 and guard.budget.try_spend(traffic.clock())
             ):
                 self._end_attempt(call)
-                traffic.count("retries", call.provider, call.source, reason)
+                traffic.count("retries", call.provider, call.label, reason)
                 call.tries += 1
                 call.timer = self._loop.call_later(delay, self._try, call)
                 return True
@@ -355,7 +367,7 @@ class Relay(asyncio.Transport):
             return False
         self._end_attempt(call)
         fallback = call.candidates[call.index + 1]
-        self._traffic.count("fallbacks", call.provider, fallback, call.source)
+        self._traffic.count("fallbacks", call.provider, fallback, call.label)
         call.index += 1
         call.tries = 0
         self._try(call)
@@ -423,9 +435,11 @@ class Relay(asyncio.Transport):
                 self._forget(call)
         if call.replayable or call.upstream is None:  # kept for a replay, or until an attempt
             call.sent.append(data)
-            call.sent_size += len(data)
+            size = len(data)
+            call.sent_size += size
+            call.kept += size
             stats = self._stats
-            stats.buffered += len(data)
+            stats.buffered += size
             if stats.buffered > stats.peak:
                 stats.peak = stats.buffered
             if call.upstream is None and call.sent_size > call.replay_limit:
@@ -436,7 +450,8 @@ class Relay(asyncio.Transport):
     def _forget(self, call: Call) -> None:
         """Drop the request bytes kept for a replay (counted in the mesh's
         buffered bytes while kept)."""
-        self._stats.buffered -= sum(map(len, call.sent))
+        self._stats.buffered -= call.kept
+        call.kept = 0
         call.sent.clear()
 
     def writelines(self, list_of_data: Any) -> None:
@@ -491,8 +506,13 @@ class Relay(asyncio.Transport):
         if guard is not None and guard.policy.idle_timeout is not None:
             call.idle = guard.policy.idle_timeout
             call.last_chunk = self._loop.time()
-            self._arm(call.last_chunk + call.idle)
-        self._to_caller(head)
+            when = call.last_chunk + call.idle
+            if self._timer is None or when < self._timer_at:
+                self._arm(when)
+        if self._reading and not self._delivering and not self._pending:
+            self._deliver(head if type(head) is bytes else bytes(head))
+        else:
+            self._to_caller(head)
         if head is call.head:
             call.head = bytearray()
 
@@ -536,10 +556,11 @@ class Relay(asyncio.Transport):
         operation at all."""
         timer = self._timer
         if timer is not None:
-            if timer.when() <= when:
+            if self._timer_at <= when:
                 return
             timer.cancel()
         self._timer = self._loop.call_at(when, self._tick)
+        self._timer_at = when
 
     def _tick(self) -> None:
         self._timer = None
@@ -556,7 +577,7 @@ class Relay(asyncio.Transport):
             and call.idle is not None
             and now - call.last_chunk >= call.idle
         ):
-            self._traffic.count("timeouts", call.provider, call.source, "idle")
+            self._traffic.count("timeouts", call.provider, call.label, "idle")
             self._cut(call, f"provider {call.provider!r} sent nothing for {call.idle:g}s")
         call = self._call  # what is left to watch, for this call or the next
         if call is None or call.phase in (_DONE, _ANSWERED):
@@ -572,7 +593,7 @@ class Relay(asyncio.Transport):
 
     def _first_byte_late(self, call: Call) -> None:
         call.first_byte = None
-        self._traffic.count("timeouts", call.provider, call.source, "first_byte")
+        self._traffic.count("timeouts", call.provider, call.label, "first_byte")
         guard = call.guard
         if guard is not None and guard.breaker is not None and call.generation is not None:
             failed = "first-byte-timeout" in guard.breaker.config.on
@@ -588,7 +609,7 @@ class Relay(asyncio.Transport):
 
     def _deadline(self, call: Call) -> None:
         call.deadline = None
-        self._traffic.count("timeouts", call.provider, call.source, "total")
+        self._traffic.count("timeouts", call.provider, call.label, "total")
         if call.phase == _COMMITTED:
             self._cut(call, "the request's timeout passed mid-response")
             return
@@ -631,7 +652,7 @@ class Relay(asyncio.Transport):
             call.cancel_timers()
         if call.sent:
             self._forget(call)
-        self._traffic.count("calls", call.target, call.source, str(call.status), outcome)
+        self._traffic.count("calls", call.target, call.label, str(call.status), outcome)
         if self._call is call:
             self._call = None
 

@@ -75,6 +75,10 @@ class RetryBudget:
 
     def request(self, now: float) -> None:
         """Count one caller request at monotonic time ``now`` (Rule 1)."""
+        newest = self._newest
+        if self._first is not None and newest * self._width <= now < (newest + 1) * self._width:
+            self._requests[newest % len(self._requests)] += 1  # the common case: same bucket
+            return
         self._requests[self._advance(now) % len(self._requests)] += 1
 
     def try_spend(self, now: float) -> bool:
