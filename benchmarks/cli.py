@@ -1,6 +1,7 @@
 """The command line: ``python -m benchmarks [--smoke] [--rounds N] [--only W] [--json PATH]``,
 and ``python -m benchmarks soak [--quick]`` (see ``soak.py``), ``slowloris``
-and ``policies [--quick]`` (what traffic policies cost, see ``policies.py``)."""
+``policies [--quick]`` (what traffic policies cost, see ``policies.py``) and
+``workers [--quick]`` (gateway throughput with 1 and 2 workers, see ``workers.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import policies, slowloris, soak
+from . import policies, slowloris, soak, workers
 from .apart import serve_main
 from .contenders import CONTENDERS
 from .report import summarize, table, write_json
@@ -89,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return soak.main(argv[1:])
     if argv[:1] == ["policies"]:
         return policies.main(argv[1:])
+    if argv[:1] == ["workers"]:
+        return workers.main(argv[1:])
     if argv[:1] == ["slowloris"]:
         _raise_fd_limit()  # a descriptor per connection, here and in the server it starts
         return slowloris.main(argv[1:])

@@ -3,7 +3,8 @@
 meshbridge check CONFIG      validate a config: every error, exit 1; exit 0 when clean
                              (--no-env: unset *_env variables are warnings, for CI)
 meshbridge routes CONFIG     print the router table: name, kind, upstream, options
-meshbridge serve CONFIG      serve the providers over HTTP (SIGHUP reloads)
+meshbridge serve CONFIG      serve the providers over HTTP (SIGHUP reloads;
+                             --workers N: N processes on one port)
 meshbridge reload CONFIG     make the running `serve` of CONFIG reload it
 meshbridge demo              fake providers under a live workload, /metrics on --listen
 meshbridge kinds             list the installed provider kinds
@@ -26,6 +27,7 @@ from ._config import Config, load_config, parse_listen
 from ._demo import run_demo
 from ._pidfile import PidFileError, pid_file_for, read_pid_file, signal_serve
 from ._service import Service, serve_until_signalled
+from ._workers import WorkerSpec, run_worker, supervise
 
 __all__ = ["main"]
 
@@ -53,6 +55,14 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _count(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of workers from 1 to 64, got {value!r}"
+        )
+    return int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshbridge",
@@ -74,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", type=_listen, metavar="HOST:PORT", help="overrides server.listen"
     )
+    serve.add_argument(
+        "--workers",
+        type=_count,
+        metavar="N",
+        help="run N worker processes on the one port, under a supervisor that restarts them",
+    )
+    serve.add_argument("--worker", type=WorkerSpec.parse, help=argparse.SUPPRESS)
     reload = commands.add_parser("reload", help="make a running `serve` reload its config")
     reload.add_argument("config", type=Path, metavar="CONFIG", nargs="?")
     reload.add_argument(
@@ -158,11 +175,15 @@ def list_kinds() -> int:
     return 0
 
 
-async def _serve(config: Path, listen: tuple[str, int] | None) -> int:
+async def _serve(
+    config: Path, listen: tuple[str, int] | None, worker: WorkerSpec | None = None
+) -> int:
     try:
         loaded = load_config(config)
     except ConfigError as exc:
         return _errors(exc)
+    if worker is not None and listen is not None:
+        return await run_worker(loaded, *listen, worker)
     host, port = listen if listen else (None, None)
     tried = _address(*listen) if listen else loaded.server.listen  # what the error is about
     try:
@@ -225,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "routes":
         return routes(args.config, no_env=args.no_env)
     if args.command == "serve":
-        return asyncio.run(_serve(args.config, args.listen))
+        if args.workers is not None and args.worker is None:
+            return asyncio.run(supervise(args.config, args.listen, args.workers))
+        return asyncio.run(_serve(args.config, args.listen, args.worker))
     if args.command == "reload":
         return reload(args.config, args.pid)
     if args.command == "kinds":

@@ -128,6 +128,8 @@ class Gateway:
         self.admin_apart = reloader.config.server.admin is not None
         self._session: aiohttp.ClientSession | None = None
         self.peers = PeerGate(self.mesh.registry, lambda: self.settings.peers)
+        self.worker: int | None = None  # its index under `serve --workers`, for /healthz
+        self.metrics: Handler | None = None  # /metrics, if not the mesh registry's own
 
     @property
     def settings(self) -> ServerConfig:
@@ -150,7 +152,7 @@ class Gateway:
         routes: list[tuple[str, str, Handler]] = [
             ("GET", "/healthz", self._healthz),
             ("GET", "/readyz", self._admin(self._readyz)),
-            ("GET", "/metrics", self._admin(self.mesh.metrics_handler())),
+            ("GET", "/metrics", self._admin(self.metrics or self.mesh.metrics_handler())),
             ("*", "/{provider}/{tail:.*}", self._forward),
             ("*", "/{tail:.*}", self._no_route),
         ]
@@ -182,6 +184,8 @@ class Gateway:
         return admin_only
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        if self.worker is not None:
+            return web.json_response({"status": "ok", "worker": self.worker})
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:

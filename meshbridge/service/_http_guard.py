@@ -188,10 +188,12 @@ class Listener(web.BaseSite):
         rejected: told of what never reached a handler (malformed heads, head
             timeouts), for the access log.
         admin: whether this is the admin listener (see :func:`listener_of`).
+        reuse_port: bind with ``SO_REUSEPORT``, beside the other workers of
+            ``serve --workers`` (the kernel spreads new connections over them).
     """
 
-    __slots__ = ("_app_runner", "_full", "_host", "_listening", "_port", "admin", "connections",
-                 "limits", "rejected")  # fmt: skip
+    __slots__ = ("_app_runner", "_full", "_host", "_listening", "_port", "_reuse_port", "admin",
+                 "connections", "limits", "rejected")  # fmt: skip
 
     def __init__(
         self,
@@ -202,9 +204,10 @@ class Listener(web.BaseSite):
         limits: Callable[[], Limits],
         rejected: Rejected,
         admin: bool = False,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner)
-        self._host, self._port = host, port
+        self._host, self._port, self._reuse_port = host, port, reuse_port
         self._app_runner = runner
         self._listening: asyncio.Server | None = None
         self.limits, self.rejected, self.admin = limits, rejected, admin
@@ -227,7 +230,11 @@ class Listener(web.BaseSite):
         loop = asyncio.get_running_loop()
         backlog = 128  # as web.TCPSite's
         self._listening = await loop.create_server(
-            self._connection, self._host, self._port, backlog=backlog
+            self._connection,
+            self._host,
+            self._port,
+            backlog=backlog,
+            reuse_port=self._reuse_port or None,
         )
 
     async def stop(self) -> None:

@@ -97,6 +97,9 @@ class Service:
         host, port: where to listen (the config's ``server.listen`` by default;
             port 0 picks a free one, see :attr:`url`).
         registry: the metrics registry (a new one by default).
+        reuse_port: listen with ``SO_REUSEPORT`` (a worker of ``serve --workers``).
+        admin: where the admin listener listens, instead of ``server.admin_listen``
+            (which must be set for there to be one).
     """
 
     def __init__(
@@ -106,6 +109,8 @@ class Service:
         host: str | None = None,
         port: int | None = None,
         registry: CollectorRegistry | None = None,
+        reuse_port: bool = False,
+        admin: tuple[str, int] | None = None,
     ) -> None:
         self.mesh = Mesh(registry=registry, grace_period=config.server.grace_period)
         self.reloader = Reloader(self.mesh, config)
@@ -113,6 +118,8 @@ class Service:
         self.gateway = Gateway(self.reloader)
         self._host = host if host is not None else config.server.host
         self._port = port if port is not None else config.server.port
+        self._reuse_port = reuse_port
+        self._admin = admin if config.server.admin is not None else None
         if host is not None or port is not None:
             self.reloader.listening_on = None  # the address is not the config's to change
         self._runner: web.AppRunner | None = None
@@ -144,12 +151,13 @@ class Service:
         try:
             await runner.setup()
             limits, rejected = self.gateway.limits, self.gateway.rejected
-            admin = self.reloader.config.server.admin
+            admin = self._admin or self.reloader.config.server.admin
+            reuse = self._reuse_port
             self._listeners = [Listener(runner, self._host, self._port, limits=limits,
-                                        rejected=rejected)]  # fmt: skip
+                                        rejected=rejected, reuse_port=reuse)]  # fmt: skip
             if admin is not None:
-                self._listeners.append(Listener(runner, *admin, limits=limits,
-                                                rejected=rejected, admin=True))  # fmt: skip
+                self._listeners.append(Listener(runner, *admin, limits=limits, rejected=rejected,
+                                                admin=True, reuse_port=reuse))  # fmt: skip
             for listener in self._listeners:
                 await listener.start()
         except BaseException:
@@ -191,9 +199,12 @@ class Service:
         await self.aclose()
 
 
-async def serve_until_signalled(service: Service, stopped: asyncio.Event | None = None) -> None:
+async def serve_until_signalled(
+    service: Service, stopped: asyncio.Event | None = None, *, pid_file: bool = True
+) -> None:
     """Run a started service until SIGTERM/SIGINT (or ``stopped`` is set);
-    SIGHUP reloads its config. Writes the pid file while it runs."""
+    SIGHUP reloads its config. Writes the pid file while it runs, unless
+    ``pid_file`` is false (a worker: the supervisor of the workers writes it)."""
     loop = asyncio.get_running_loop()
     stopped = stopped or asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
@@ -208,26 +219,27 @@ async def serve_until_signalled(service: Service, stopped: asyncio.Event | None 
         log.info("%s: stopping, in-flight requests get %gs", signum.name, grace)
         stopped.set()
 
-    pid_file = pid_file_for(service.reloader.config)
+    path = pid_file_for(service.reloader.config) if pid_file else None
     handled = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
     try:
-        write_pid_file(pid_file)
+        if path is not None:
+            write_pid_file(path)
     except PidFileError as exc:
         log.warning(
             "cannot write the pid file (%s): `meshbridge reload` needs --pid %d", exc, os.getpid()
         )
     providers = ", ".join(service.mesh.providers)
-    log.info(
-        "serving %s on %s (pid %d, pid file %s)", providers, service.url, os.getpid(), pid_file
-    )
+    pid = f"pid {os.getpid()}, pid file {path}" if path else f"pid {os.getpid()}"
+    log.info("serving %s on %s (%s)", providers, service.url, pid)
     try:
         await stopped.wait()
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)
-        remove_pid_file(pid_file)
+        if path is not None:
+            remove_pid_file(path)
         if reloads:
             await asyncio.gather(*reloads, return_exceptions=True)
