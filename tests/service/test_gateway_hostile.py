@@ -12,7 +12,6 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from meshbridge import ConfigError
 from meshbridge.service import Service, load_config
 from tests.helpers import settle
 
-ServiceFactory = Callable[[str], Coroutine[Any, Any, Service]]
+from .conftest import ServiceFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,24 +57,6 @@ def config(**server: object) -> str:
     settings = {"listen": "127.0.0.1:0", "max_body_bytes": 2000, **server}
     lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
     return f"[server]\n{lines}\n{CLIENTS}{PROVIDERS}"
-
-
-@pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
-    """Start a Service for a config text on a free port; stopped on teardown."""
-    services: list[Service] = []
-
-    async def start(text: str) -> Service:
-        path = tmp_path / f"config-{len(services)}.toml"
-        path.write_text(text)
-        service = Service(load_config(path), port=0)
-        await service.start()
-        services.append(service)
-        return service
-
-    yield start
-    for service in services:
-        await service.aclose()
 
 
 def requests(service: Service, provider: str) -> float:

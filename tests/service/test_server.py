@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from meshbridge.service import Service, load_config
+from meshbridge.service import Service
 
-ServiceFactory = Callable[[str], Coroutine[Any, Any, Service]]
+from .conftest import ServiceFactory
 
 TOKEN = "token-for-the-api-client"
 BATCH_TOKEN = "token-for-the-batch-client"
@@ -48,24 +46,6 @@ time_to_first_token = 1000
 """
 PROMPT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 CHAT = {"model": "fake-small", "messages": PROMPT}
-
-
-@pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
-    """Start a Service for a config text on a free port; stopped on teardown."""
-    services: list[Service] = []
-
-    async def start(text: str) -> Service:
-        path = tmp_path / f"config-{len(services)}.toml"
-        path.write_text(text)
-        service = Service(load_config(path), port=0)
-        await service.start()
-        services.append(service)
-        return service
-
-    yield start
-    for service in services:
-        await service.aclose()
 
 
 def requests(service: Service, provider: str, **labels: str) -> float:
