@@ -212,6 +212,20 @@ class Mesh:
                 if id(provider) not in kept:
                     self._in_background(provider.stop(), f"stopping provider {name!r}")
 
+    async def wait_started(self, name: str) -> None:
+        """Return once provider ``name`` has run its startup (``on_startup``,
+        ``cleanup_ctx``), as requests to it would wait for.
+
+        Raises:
+            KeyError: no provider has that name.
+            MeshError: its startup failed, or it was stopped (or the mesh is
+                not running).
+        """
+        provider = self._router.table.get(name)
+        if provider is None:
+            raise KeyError(f"no provider named {name!r} is registered")
+        await provider.wait_started()
+
     def _provider(self, name: str, app: web.Application, require_api_key_id: bool) -> Provider:
         return Provider(
             name,
