@@ -1,14 +1,25 @@
 """The ``fake`` kind: a local, deterministic LLM emulator. No key, no network.
 
-It speaks the two wire formats agents use, closely enough for the official
-SDKs: OpenAI chat completions (``POST /v1/chat/completions``, streaming and
-not, with ``stream_options.include_usage``) and Anthropic messages (``POST
+It speaks the wire formats agents use, closely enough for the official SDKs:
+OpenAI chat completions (``POST /v1/chat/completions``, streaming and not,
+with ``stream_options.include_usage``), OpenAI Responses (``POST
+/v1/responses``, streaming and not) and Anthropic messages (``POST
 /v1/messages`` with the real event sequence, ``/v1/messages/count_tokens``),
 plus ``GET /v1/models`` (Anthropic-shaped when the caller sends
-``anthropic-version``). Replies are made of deterministic words, paced by
+``anthropic-version``); the formats live in ``_wire_openai.py`` and
+``_wire_anthropic.py``. Replies are made of deterministic words, paced by
 ``time_to_first_token`` and ``tokens_per_second``; ``usage`` counts the tokens
 actually sent. ``fail_every = N`` makes every Nth generation raise, so a demo
 or a test sees handler errors (500s) on purpose.
+
+A test scripts what comes next with :func:`script`: replies with text and
+tool calls, errors (429 with ``Retry-After``, 500, 529), a delay before the
+first token, a stream cut midway; it also records what the app received::
+
+    app = fake.create_app(fake.FakeOptions(), ProviderContext("llm"))
+    fake.script(app).tool_call("get_weather", {"city": "Paris"}).reply("Sunny.")
+    ...
+    assert fake.script(app).received[0].body["model"] == "fake-small"
 """
 
 from __future__ import annotations
@@ -17,9 +28,9 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final
 
 from aiohttp import web
 
@@ -27,13 +38,34 @@ from meshbridge import ERROR_BODY
 
 from ._kind import Kind, ProviderContext
 from ._options import OptionReader
-from ._sse import encode
-from ._text import content_text, prompt_tokens, reply_tokens
+from ._script import Received, Script, Step, ToolCall
+from ._text import prompt_tokens, reply_tokens
 from ._usage import ModelLabels, Usage, report
+from ._wire import (
+    JSON,
+    Generation,
+    ToolUse,
+    Wire,
+    anthropic_error,
+    error_type,
+    openai_error,
+    split_text,
+)
+from ._wire_anthropic import Messages, messages_problem, prompt_texts
+from ._wire_openai import ChatCompletions, Responses
 
-__all__ = ["KIND", "FakeOptions", "create_app", "parse_options"]
+__all__ = [
+    "KIND",
+    "FakeOptions",
+    "Received",
+    "Script",
+    "Step",
+    "ToolCall",
+    "create_app",
+    "parse_options",
+    "script",
+]
 
-JSON = dict[str, Any]
 DEFAULT_MODELS: Final = ("fake-small", "fake-large")
 
 
@@ -107,6 +139,7 @@ class _Fake:
         self._generations = itertools.count(1)
         self._ids = itertools.count(1)
         self.started = time.monotonic()  # set again when the app starts
+        self.script: Script | None = None  # made by script(app)
 
     async def on_startup(self, app: web.Application) -> None:
         self.started = time.monotonic()
@@ -126,10 +159,10 @@ class _Fake:
         if every and n % every == 0:
             raise FakeFailure(f"fake provider {self.provider!r} fails every {every} requests")
 
-    async def pace(self, index: int) -> None:
-        """Wait before token ``index`` (0 is the first)."""
+    async def pace(self, index: int, step: Step | None = None) -> None:
+        """Wait before token ``index`` (0 is the first; a scripted step sets its delay)."""
         if index == 0:
-            delay = self.options.time_to_first_token
+            delay = self.options.time_to_first_token if step is None else step.delay
         elif self.options.tokens_per_second:
             delay = 1.0 / self.options.tokens_per_second
         else:
@@ -140,268 +173,151 @@ class _Fake:
 FAKE: web.AppKey[_Fake] = web.AppKey("meshbridge_fake", _Fake)
 
 
-class _ErrorTypes(dict[int, str]):
-    """Error types by status, as the Anthropic API names them."""
-
-    def __missing__(self, status: int) -> str:
-        return "api_error" if status >= 500 else "invalid_request_error"
-
-
-_TYPES: Final = _ErrorTypes(
-    {
-        429: "rate_limit_error",
-        503: "overloaded_error",
-        504: "timeout_error",
-        529: "overloaded_error",
-    }
-)
-
-
-def _openai_error(status: int, message: str, type_: str = "invalid_request_error") -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
-    return web.json_response(body, status=status)
-
-
-def _anthropic_error(
-    status: int, message: str, type_: str = "invalid_request_error"
-) -> web.Response:
-    body = {"type": "error", "error": {"type": type_, "message": message}}
-    return web.json_response(body, status=status)
-
-
-def _problem(body: object, *, needs_max_tokens: bool) -> str | None:
-    """What is wrong with a generation request, or None."""
-    if not isinstance(body, dict):
-        return "request body must be a JSON object"
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        return "model: Field required (a string)"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        return "messages: Field required (an array of objects)"
-    max_tokens = body.get("max_tokens")
-    if needs_max_tokens and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-    ):
-        return "max_tokens: Field required (a positive integer)"
-    return None
-
-
 async def _read(
-    request: web.Request, *, anthropic: bool, needs_max_tokens: bool = False
+    request: web.Request, *, anthropic: bool, problem_of: Callable[[object], str | None]
 ) -> JSON | web.Response:
     """The request's JSON body, or the provider-shaped 400 answering it."""
-    error = _anthropic_error if anthropic else _openai_error
+    error = anthropic_error if anthropic else openai_error
     try:
         body = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, f"invalid JSON in request body: {exc}")
-    problem = _problem(body, needs_max_tokens=needs_max_tokens)
+    problem = problem_of(body)
     if problem is not None:
         return error(400, problem)
     assert isinstance(body, dict)
     return body
 
 
-def _limit(body: JSON, default: int, *keys: str) -> int:
-    for key in keys:
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return min(value, default)
-    return default
-
-
-class _Reply:
-    """One generation: its tokens and usage, and how ``_Wire`` shapes it."""
-
-    def __init__(self, fake: _Fake, body: JSON, usage: Usage, budget: int, head: JSON) -> None:
-        self.model: str = body["model"]
-        self.tokens = reply_tokens(body["messages"], budget)
-        self.cut = budget < fake.options.reply_tokens  # stopped by max_tokens
-        self.usage = usage
-        self.head = {**head, "model": self.model}  # the id fields every event repeats
-        options = body.get("stream_options")
-        self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
-
-
-class _Wire(Protocol):
-    """What differs between the two wire formats the fake speaks."""
-
-    anthropic: bool  # errors are Anthropic-shaped; max_tokens is required
-
-    def reply(self, fake: _Fake, body: JSON) -> _Reply: ...
-    def answer(self, fake: _Fake, reply: _Reply) -> JSON: ...
-    def opening(self, fake: _Fake, reply: _Reply) -> list[bytes]: ...
-    def token(self, reply: _Reply, token: str) -> bytes: ...
-    def closing(self, reply: _Reply) -> list[bytes]: ...
-
-
-class _ChatCompletions:
-    """OpenAI ``POST /v1/chat/completions``."""
-
-    anthropic = False
-
-    def reply(self, fake: _Fake, body: JSON) -> _Reply:
-        budget = _limit(body, fake.options.reply_tokens, "max_completion_tokens", "max_tokens")
-        usage = Usage(input=prompt_tokens(content_text(m.get("content")) for m in body["messages"]))
-        head = {"id": fake.next_id("chatcmpl-"), "created": int(time.time())}
-        reply = _Reply(fake, body, usage, budget, head)
-        reply.head["system_fingerprint"] = "fp_meshbridge_fake"
-        return reply
-
-    @staticmethod
-    def _usage(reply: _Reply) -> JSON:
-        usage = reply.usage
-        return {
-            "prompt_tokens": usage.input,
-            "completion_tokens": usage.output,
-            "total_tokens": usage.input + usage.output,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        }
-
-    def _finish(self, reply: _Reply) -> str:
-        return "length" if reply.cut else "stop"
-
-    def answer(self, fake: _Fake, reply: _Reply) -> JSON:
-        message = {"role": "assistant", "content": "".join(reply.tokens), "refusal": None}
-        finish = self._finish(reply)
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-        answer = {**reply.head, "object": "chat.completion", "choices": [choice]}
-        return {**answer, "usage": self._usage(reply)}
-
-    def _chunk(self, reply: _Reply, delta: JSON, finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        data = {**reply.head, "object": "chat.completion.chunk", "choices": [choice]}
-        if reply.include_usage:
-            data["usage"] = None
-        return encode(data)
-
-    def opening(self, fake: _Fake, reply: _Reply) -> list[bytes]:
-        return [self._chunk(reply, {"role": "assistant", "content": "", "refusal": None})]
-
-    def token(self, reply: _Reply, token: str) -> bytes:
-        return self._chunk(reply, {"content": token})
-
-    def closing(self, reply: _Reply) -> list[bytes]:
-        events = [self._chunk(reply, {}, self._finish(reply))]
-        if reply.include_usage:
-            final = {**reply.head, "object": "chat.completion.chunk", "choices": []}
-            events.append(encode({**final, "usage": self._usage(reply)}))
-        return [*events, b"data: [DONE]\n\n"]
-
-
-class _Messages:
-    """Anthropic ``POST /v1/messages``."""
-
-    anthropic = True
-    _cache: Final = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-
-    def reply(self, fake: _Fake, body: JSON) -> _Reply:
-        budget = _limit(body, fake.options.reply_tokens, "max_tokens")
-        usage = Usage(input=prompt_tokens(_anthropic_texts(body)))
-        head = {"id": fake.next_id("msg_"), "type": "message", "role": "assistant"}
-        return _Reply(fake, body, usage, budget, head)
-
-    def _stop(self, reply: _Reply) -> str:
-        return "max_tokens" if reply.cut else "end_turn"
-
-    def answer(self, fake: _Fake, reply: _Reply) -> JSON:
-        message = dict(reply.head)
-        message["content"] = [{"type": "text", "text": "".join(reply.tokens)}]
-        message.update(stop_reason=self._stop(reply), stop_sequence=None)
-        usage = {"input_tokens": reply.usage.input, "output_tokens": reply.usage.output}
-        message["usage"] = {**usage, **self._cache}
-        return message
-
-    @staticmethod
-    def _event(event: str, data: JSON) -> bytes:
-        return encode({"type": event, **data}, event)
-
-    def opening(self, fake: _Fake, reply: _Reply) -> list[bytes]:
-        message = {**reply.head, "content": [], "stop_reason": None, "stop_sequence": None}
-        message["usage"] = {"input_tokens": reply.usage.input, "output_tokens": 1, **self._cache}
-        block = {"index": 0, "content_block": {"type": "text", "text": ""}}
-        return [
-            self._event("message_start", {"message": message}),
-            self._event("content_block_start", block),
-            self._event("ping", {}),
+def _plan(fake: _Fake, wire: Wire, body: JSON, step: Step | None) -> Generation:
+    """What to answer: the scripted step's text and tool calls, or deterministic words."""
+    seed, texts = wire.prompt(body)
+    usage = Usage(input=prompt_tokens(texts))
+    model: str = body["model"]
+    if step is None:
+        budget = wire.budget(body, fake.options.reply_tokens)
+        tokens = reply_tokens(seed, budget)
+        generation = Generation(model, tokens, usage, cut=budget < fake.options.reply_tokens)
+    else:
+        calls = [
+            ToolUse(
+                c.id or fake.next_id("toolu_" if wire.anthropic else "call_"),
+                c.name,
+                c.arguments_json(),
+            )
+            for c in step.tool_calls
         ]
-
-    def token(self, reply: _Reply, token: str) -> bytes:
-        delta = {"index": 0, "delta": {"type": "text_delta", "text": token}}
-        return self._event("content_block_delta", delta)
-
-    def closing(self, reply: _Reply) -> list[bytes]:
-        delta = {"stop_reason": self._stop(reply), "stop_sequence": None}
-        return [
-            self._event("content_block_stop", {"index": 0}),
-            self._event(
-                "message_delta", {"delta": delta, "usage": {"output_tokens": reply.usage.output}}
-            ),
-            self._event("message_stop", {}),
-        ]
+        generation = Generation(model, split_text(step.text), usage, calls=calls)
+    options = body.get("stream_options")
+    generation.include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    wire.begin(fake, generation)
+    return generation
 
 
-def _anthropic_texts(body: JSON) -> list[str]:
-    return [content_text(body.get("system"))] + [
-        content_text(m.get("content")) for m in body["messages"]
-    ]
+def _scripted_error(wire: Wire, step: Step) -> web.Response:
+    headers = {} if step.retry_after is None else {"Retry-After": f"{step.retry_after:g}"}
+    message = step.message or f"scripted error {step.status}"
+    error = anthropic_error if wire.anthropic else openai_error
+    return error(step.status, message, error_type(step.status), headers)
 
 
-async def _generate(request: web.Request, wire: _Wire) -> web.StreamResponse:
+async def _generate(request: web.Request, wire: Wire) -> web.StreamResponse:
     """One generation in ``wire``'s format: a JSON answer, or a paced stream."""
     fake = request.app[FAKE]
-    body = await _read(request, anthropic=wire.anthropic, needs_max_tokens=wire.anthropic)
+    body = await _read(request, anthropic=wire.anthropic, problem_of=wire.problem)
     if isinstance(body, web.Response):
         return body
-    if fake.outage():
+    step = fake.script.next() if fake.script is not None else None
+    if step is None and fake.outage():
         status = fake.options.outage_status
         if not status:
             await asyncio.Event().wait()  # hang before the first byte, until cancelled
-        error = _anthropic_error if wire.anthropic else _openai_error
-        return error(status, f"fake provider {fake.provider!r} is in its outage", _TYPES[status])
-    fake.start_generation()
+        error = anthropic_error if wire.anthropic else openai_error
+        return error(
+            status, f"fake provider {fake.provider!r} is in its outage", error_type(status)
+        )
+    if step is None:
+        fake.start_generation()
+    elif step.status != 200:
+        await asyncio.sleep(step.delay)
+        return _scripted_error(wire, step)
     started = time.perf_counter()
-    reply = wire.reply(fake, body)
+    generation = _plan(fake, wire, body, step)
+    cut = step.fail_after if step is not None else None
     ttft: float | None = None
     try:
         if body.get("stream") is not True:
-            for i in range(len(reply.tokens)):
-                await fake.pace(i)
-            reply.usage.output = len(reply.tokens)
-            return web.json_response(wire.answer(fake, reply))
+            for i in range(max(generation.units, 1)):  # an empty answer still waits its delay
+                await fake.pace(i, step)
+            generation.usage.output = generation.units
+            if cut is not None:
+                return await _cut_answer(request, wire.answer(generation))
+            return web.json_response(wire.answer(generation))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         response.headers["Cache-Control"] = "no-cache"
         await response.prepare(request)
-        for event in wire.opening(fake, reply):
+        if not generation.units:
+            await fake.pace(0, step)
+        sent = 0
+        for event, is_token in wire.stream(generation):
+            if is_token:
+                if sent == cut:
+                    return _hang_up(request, response)
+                await fake.pace(sent, step)
+                generation.usage.output += 1
             await response.write(event)
-        for i, token in enumerate(reply.tokens):
-            await fake.pace(i)
-            await response.write(wire.token(reply, token))
-            reply.usage.output += 1
-            if i == 0:
-                ttft = time.perf_counter() - started
-        for event in wire.closing(reply):
-            await response.write(event)
+            if is_token:
+                sent += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+        if sent == cut:  # a cut at the very end: the closing events never come
+            return _hang_up(request, response)
         await response.write_eof()
         return response
     finally:
-        report(request, fake.labels, reply.model, reply.usage, ttft)
+        report(request, fake.labels, generation.model, generation.usage, ttft)
+
+
+async def _cut_answer(request: web.Request, answer: JSON) -> web.StreamResponse:
+    """Half of ``answer``, then a dropped connection."""
+    data = json.dumps(answer).encode()
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(data)
+    await response.prepare(request)
+    await response.write(data[: len(data) // 2])
+    return _hang_up(request, response)
+
+
+def _hang_up(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Drop the connection midway through ``response`` (a scripted cut): what
+    was written arrives, then the caller's read fails, with no server error."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return response
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, _ChatCompletions())
+    return await _generate(request, ChatCompletions())
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, Responses())
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, _Messages())
+    return await _generate(request, Messages())
 
 
 async def count_message_tokens(request: web.Request) -> web.Response:
-    body = await _read(request, anthropic=True)
+    body = await _read(request, anthropic=True, problem_of=_count_problem)
     if isinstance(body, web.Response):
         return body
-    return web.json_response({"input_tokens": prompt_tokens(_anthropic_texts(body))})
+    return web.json_response({"input_tokens": prompt_tokens(prompt_texts(body))})
+
+
+def _count_problem(body: object) -> str | None:
+    return messages_problem(body, needs_max_tokens=False)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -424,24 +340,50 @@ async def models(request: web.Request) -> web.Response:
 async def not_found(request: web.Request) -> web.Response:
     message = f"no route {request.method} {request.path} on this fake provider"
     if "anthropic-version" in request.headers:
-        return _anthropic_error(404, message, "not_found_error")
-    return _openai_error(404, message, "not_found_error")
+        return anthropic_error(404, message, "not_found_error")
+    return openai_error(404, message, "not_found_error")
 
 
 def error_body(status: int, reason: str, message: str) -> tuple[str, bytes]:
     """The mesh's own errors (an open circuit, a timeout...) for a fake provider:
     one body that both the OpenAI and the Anthropic SDKs parse as an error."""
-    error = {"type": _TYPES[status], "message": message, "param": None, "code": reason}
+    error = {"type": error_type(status), "message": message, "param": None, "code": reason}
     return "application/json", json.dumps({"type": "error", "error": error}).encode()
+
+
+def script(app: web.Application) -> Script:
+    """The :class:`Script` of fake provider ``app`` (made on first call; from
+    then on the app records every request it receives in ``.received``).
+
+    Raises:
+        TypeError: ``app`` was not made by this kind's :func:`create_app`.
+    """
+    fake = app.get(FAKE)
+    if fake is None:
+        raise TypeError(f"{app!r} is not a fake provider app (made by fake.create_app)")
+    if fake.script is None:
+        fake.script = Script()
+    return fake.script
+
+
+@web.middleware
+async def _record(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    scripted = request.app[FAKE].script
+    if scripted is not None:
+        await scripted.record(request)
+    return await handler(request)
 
 
 def create_app(options: FakeOptions, context: ProviderContext) -> web.Application:
     """A fake LLM provider app (see the module docstring for what it serves)."""
-    app = web.Application()
+    app = web.Application(middlewares=[_record])
     fake = app[FAKE] = _Fake(options, context)
     app.on_startup.append(fake.on_startup)
     app[ERROR_BODY] = error_body
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_message_tokens)
     app.router.add_get("/v1/models", models)
@@ -451,7 +393,7 @@ def create_app(options: FakeOptions, context: ProviderContext) -> web.Applicatio
 
 KIND: Final = Kind(
     name="fake",
-    summary="local deterministic LLM emulator (OpenAI and Anthropic shapes)",
+    summary="local deterministic LLM emulator, scriptable in tests (OpenAI and Anthropic shapes)",
     parse_options=parse_options,
     create_app=create_app,
 )
