@@ -1,4 +1,5 @@
-"""The three layers point one way: core <- providers <- service.
+"""The layers point one way: core <- providers <- service, and the pytest
+plugin (meshbridge.testing) on core and providers, beside the service.
 
 Checked three ways: the import statements of every module (wherever they
 stand: top level, inside functions, under TYPE_CHECKING), what a fresh
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "meshbridge"
-UPPER = ("meshbridge.providers", "meshbridge.service")
+UPPER = ("meshbridge.providers", "meshbridge.service", "meshbridge.testing")
 
 
 def module_name(path: Path) -> str:
@@ -56,7 +57,7 @@ def core_files() -> list[Path]:
     return [
         p
         for p in layer_files(PACKAGE)
-        if p.relative_to(PACKAGE).parts[0] not in {"providers", "service"}
+        if p.relative_to(PACKAGE).parts[0] not in {"providers", "service", "testing"}
     ]
 
 
@@ -79,7 +80,7 @@ def test_the_providers_use_the_cores_public_names_and_not_the_service() -> None:
         f"{path.relative_to(ROOT)} imports {name}"
         for path in layer_files(PACKAGE / "providers")
         for name in imports(path)
-        if is_under(name, ("meshbridge.service", "providers"))
+        if is_under(name, ("meshbridge.service", "meshbridge.testing", "providers"))
         or (name.startswith("meshbridge._") and not name.startswith("meshbridge.providers"))
     }
     assert not wrong
@@ -91,8 +92,25 @@ def test_the_service_uses_the_public_names_of_the_layers_below() -> None:
         for path in layer_files(PACKAGE / "service")
         for name in imports(path)
         if name.startswith(("meshbridge._", "meshbridge.providers._", "providers"))
+        or is_under(name, ("meshbridge.testing",))
     }
     assert not wrong
+
+
+def test_the_pytest_plugin_uses_public_names_and_not_the_service() -> None:
+    own = "meshbridge.testing"
+    found = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in layer_files(PACKAGE / "testing")
+        for name in imports(path)
+        if not is_under(name, (own,))
+        and (
+            is_under(name, ("meshbridge.service", "providers"))
+            or name.startswith(("meshbridge._", "meshbridge.providers._"))
+        )
+    }
+    assert layer_files(PACKAGE / "testing")
+    assert not found
 
 
 def test_importing_the_core_loads_no_other_layer_and_no_toml_parser() -> None:
@@ -126,6 +144,7 @@ def test_the_wheel_installs_the_meshbridge_package_only(tmp_path: Path) -> None:
     # the provider kinds and the service are inside it, as subpackages
     assert "meshbridge/providers/fake.py" in names
     assert "meshbridge/service/_cli.py" in names
+    assert "meshbridge/testing/plugin.py" in names
 
 
 @pytest.mark.parametrize(
