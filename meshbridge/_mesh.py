@@ -339,7 +339,12 @@ class Mesh:
         if running:
             await asyncio.gather(*(p.stop() for p in table.values()))
         while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            waiting = list(self._background)
+            await asyncio.gather(*waiting, return_exceptions=True)
+            # Not left to the tasks' done callbacks: on 3.12+ gathering tasks
+            # that are already done need not yield to the loop, so those
+            # callbacks might never run between two turns of this loop.
+            self._background.difference_update(waiting)
 
     async def __aenter__(self) -> Mesh:
         await self.start()
