@@ -1,10 +1,12 @@
-"""Fixtures of the service tests: services that stop on teardown."""
+"""Fixtures of the service tests: services and processes that stop on teardown."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -29,3 +31,37 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     yield start
     for service in services:
         await service.aclose()
+
+
+class Run(Protocol):
+    async def __call__(self, *args: str) -> tuple[asyncio.subprocess.Process, Path]: ...
+
+
+@pytest.fixture
+def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private XDG_RUNTIME_DIR, for the processes and for this one."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime
+
+
+@pytest.fixture
+async def run(tmp_path: Path, runtime_dir: Path) -> AsyncIterator[Run]:
+    """Start ``python -m meshbridge ARGS``, output to a file; killed on teardown."""
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str) -> tuple[asyncio.subprocess.Process, Path]:
+        log = tmp_path / f"process-{len(processes)}.log"
+        with log.open("wb") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "meshbridge", *args, stdout=out, stderr=out, cwd=tmp_path
+            )
+        processes.append(process)
+        return process, log
+
+    yield start
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

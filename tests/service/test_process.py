@@ -11,16 +11,14 @@ import logging
 import re
 import signal
 import socket
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 import pytest
 
 from meshbridge.service import Service, load_config, pid_file_for
 
+from .conftest import Run
 from .test_cli import scrape, text, wait_for
 
 TOKEN = "a-token-for-the-process-tests"
@@ -48,40 +46,6 @@ tokens_per_second = 0
 time_to_first_token = {GRACE / 2}
 reply_tokens = 3
 """
-
-
-class Run(Protocol):
-    async def __call__(self, *args: str) -> tuple[asyncio.subprocess.Process, Path]: ...
-
-
-@pytest.fixture
-def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private XDG_RUNTIME_DIR, for the processes and for this one."""
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    return runtime
-
-
-@pytest.fixture
-async def run(tmp_path: Path, runtime_dir: Path) -> AsyncIterator[Run]:
-    """Start ``python -m meshbridge ARGS``, output to a file; killed on teardown."""
-    processes: list[asyncio.subprocess.Process] = []
-
-    async def start(*args: str) -> tuple[asyncio.subprocess.Process, Path]:
-        log = tmp_path / f"process-{len(processes)}.log"
-        with log.open("wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "meshbridge", *args, stdout=out, stderr=out, cwd=tmp_path
-            )
-        processes.append(process)
-        return process, log
-
-    yield start
-    for process in processes:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def finished(run: Run, *args: str) -> tuple[int, str]:

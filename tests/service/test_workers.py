@@ -13,10 +13,7 @@ import os
 import re
 import signal
 import socket
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 import pytest
@@ -24,40 +21,12 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from meshbridge.service._worker_metrics import merge
 
+from .conftest import Run
 from .test_cli import scrape, text, wait_for
 from .test_process import AUTH, CONFIG, GRACE, STREAM
 
 QUICK = {**STREAM, "stream": False}
 K = 20  # requests counted in the metrics test
-
-
-class Run(Protocol):
-    async def __call__(self, *args: str) -> tuple[asyncio.subprocess.Process, Path]: ...
-
-
-@pytest.fixture
-async def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Run]:
-    """Start ``python -m meshbridge ARGS``, output to a file; killed on teardown
-    (its workers stop when their supervisor's end of the control socket closes)."""
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    processes: list[asyncio.subprocess.Process] = []
-
-    async def start(*args: str) -> tuple[asyncio.subprocess.Process, Path]:
-        log = tmp_path / f"process-{len(processes)}.log"
-        with log.open("wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "meshbridge", *args, stdout=out, stderr=out, cwd=tmp_path
-            )
-        processes.append(process)
-        return process, log
-
-    yield start
-    for process in processes:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def serving(run: Run, config: Path, *extra: str) -> tuple[
