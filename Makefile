@@ -33,7 +33,7 @@ FIND_PYTHON = find_python() { \
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,otel]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -73,7 +73,7 @@ pytest: $(STAMP) system-deps
 	echo "$@: $$py"; \
 	$$py -m venv .venv-$* && \
 	.venv-$*/bin/pip install --quiet --upgrade pip && \
-	.venv-$*/bin/pip install --quiet -e '.[test,bench]'
+	.venv-$*/bin/pip install --quiet -e '.[test,bench,otel]'
 	touch $@
 
 # The suite on one other version; the ops tests (a real Prometheus) ran on the main one.

@@ -103,6 +103,9 @@ def observe_server(server: web.Server, bind: Bind) -> None:
         exchange = request.get(EXCHANGE)
         if exchange is None:
             return await handle(request)
+        # The request's span is current in its handler (this request's own task).
+        trace = exchange.trace
+        token = trace.attach() if trace is not None else None
         try:
             response: object = await handle(request)
         except web.HTTPException:
@@ -110,6 +113,9 @@ def observe_server(server: web.Server, bind: Bind) -> None:
         except Exception:
             exchange.handler_failed()
             raise
+        finally:
+            if trace is not None:
+                trace.detach(token)
         if not isinstance(response, web.StreamResponse):
             exchange.handler_failed()  # aiohttp answers 500 for this, as over TCP
         return response  # type: ignore[return-value]  # aiohttp handles non-responses

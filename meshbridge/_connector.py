@@ -124,15 +124,21 @@ class MeshConnector(ConnectorBase):
         finally:
             _opener.reset(token)
         method = method_label(req.method)
+        tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
         if isinstance(link, Relay):
             body = req.body  # a Payload, or b"" for none
             size = None if req.chunked else (body.size if body else 0)
-            link.begin(Call(name, first, source, api_key_id, method, size))
+            call = Call(name, first, source, api_key_id, method, size)
+            if tracing is not None:
+                call.trace = tracing.start(req, name, source, method, relayed=True)
+            link.begin(call)
             return conn
         metrics = self._metrics
         series = metrics.series(name, source) if metrics is not None else None
         exchange = Exchange(name, source, api_key_id, method, series, metrics)
         exchange.call = True
+        if tracing is not None:
+            exchange.trace = tracing.start(req, name, source, method, relayed=False)
         link.begin(exchange)
         return conn
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from time import perf_counter
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from aiohttp import web
 
 from ._metrics import MeshMetrics, Series
 from ._source import Source
+
+if TYPE_CHECKING:  # _otel imports opentelemetry: only ever loaded when tracing is on
+    from ._otel import Trace
 
 __all__ = [
     "CANCELLED",
@@ -58,6 +61,7 @@ class Exchange:
         "response_bytes",
         "source",
         "status",
+        "trace",
     )
 
     def __init__(
@@ -85,6 +89,7 @@ class Exchange:
         # Whether this request is also what the caller got (a direct link):
         # then it counts in meshbridge_calls_total too. A relay counts calls itself.
         self.call = False
+        self.trace: Trace | None = None  # its span, when tracing is on (_otel.py)
         self._started = perf_counter()
         if series is not None:
             series.in_flight += 1
@@ -97,7 +102,10 @@ class Exchange:
         """The provider sent the response status line and headers."""
         self.status = status
         if self._series is not None:
-            self._series.ttfb.observe(perf_counter() - self._started)
+            elapsed = perf_counter() - self._started
+            self._series.ttfb.observe(elapsed)
+            if self.trace is not None:
+                self.trace.observed(self._series.ttfb, elapsed)
 
     def body_written(self, size: int, _total: int) -> None:
         """The provider wrote ``size`` more body bytes (aiohttp's on_body_write)."""
@@ -139,13 +147,14 @@ class Exchange:
             return
         self.finished = True
         self.outcome = outcome
+        duration = perf_counter() - self._started
         if self._series is not None:
             body = self._request_body
             self._series.finished(
                 self.method,
                 self.status,
                 outcome,
-                perf_counter() - self._started,
+                duration,
                 body.total_bytes if body is not None else 0,
                 self.response_bytes,
             )
@@ -153,6 +162,10 @@ class Exchange:
                 calls = self._metrics.traffic["calls"].values
                 key = (self.provider, self._series.source, str(self.status), outcome)
                 calls[key] = calls.get(key, 0) + 1
+        if self.trace is not None:
+            if self._series is not None:
+                self.trace.observed(self._series.durations[self.method], duration)
+            self.trace.finished(self)
         if self.listener is not None:
             self.listener(self)
 
@@ -187,6 +200,10 @@ def record_tokens(
     cache_read: int = 0,
     cache_write: int = 0,
     first_token: float | None = None,
+    system: str | None = None,
+    operation: str | None = None,
+    request_model: str | None = None,
+    response_model: str | None = None,
 ) -> None:
     """Count the LLM tokens of ``request`` in its mesh's metrics.
 
@@ -198,7 +215,20 @@ def record_tokens(
     come from the mesh, never from the request; ``model`` is bounded (see
     ``MAX_MODELS``), so a caller inventing model names cannot grow the series.
     A request that did not come through a mesh records nothing.
+
+    On a traced request (see the README's Tracing) the request's span also
+    gets the OpenTelemetry GenAI attributes: ``system`` (the API family,
+    ``"openai"``, ``"anthropic"``: ``gen_ai.provider.name`` and
+    ``gen_ai.system``), ``operation`` (``"chat"``...: ``gen_ai.operation.name``),
+    ``request_model`` and ``response_model`` (the names as sent and answered,
+    unbounded: ``model`` is the metrics label, used when ``response_model`` is
+    not given), and the token counts (``gen_ai.usage.input_tokens``, which
+    includes cached tokens, and ``gen_ai.usage.output_tokens``).
     """
     exchange = request.get(EXCHANGE)
     if exchange is not None:
-        exchange.tokens(model, (input, output, cache_read, cache_write), first_token)
+        counts = (input, output, cache_read, cache_write)
+        exchange.tokens(model, counts, first_token)
+        if exchange.trace is not None:
+            answered = response_model or model
+            exchange.trace.tokens(counts, system, operation, request_model, answered)

@@ -7,10 +7,11 @@ import inspect
 import logging
 import os
 import random
+import sys
 from collections.abc import Callable, Collection, Mapping
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,9 @@ from ._relay import Relay
 from ._routing import Router, check_name
 from ._synthetic import ERROR_BODY, ErrorBody
 from ._traffic import Clock, Traffic
+
+if TYPE_CHECKING:  # _otel imports opentelemetry: only ever loaded when tracing is on
+    from ._otel import Tracing
 
 __all__ = ["Mesh"]
 
@@ -59,6 +63,9 @@ class Mesh:
             (seed one in tests for repeatable runs).
         clock: monotonic seconds for circuit breakers and retry budgets
             (``time.monotonic``).
+        tracer_provider: an OpenTelemetry ``TracerProvider``: a span for every
+            request (see the README's Tracing). By default the global one, if
+            the application set one before the mesh starts; else no tracing.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class Mesh:
         grace_period: float = 10.0,
         rng: random.Random | None = None,
         clock: Clock | None = None,
+        tracer_provider: object | None = None,
     ) -> None:
         if grace_period < 0:
             raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
@@ -84,6 +92,8 @@ class Mesh:
         self._stats = PipeStats()
         self._state = _NEW
         self._background: set[asyncio.Task[None]] = set()
+        self._tracer_provider = tracer_provider
+        self._tracing = _tracing(tracer_provider) if tracer_provider is not None else None
 
     def __repr__(self) -> str:
         return f"<Mesh {self._state} providers={list(self.providers)}>"
@@ -319,6 +329,8 @@ class Mesh:
         stopped again and the error is raised."""
         if self._state != _NEW:
             raise RuntimeError(f"the mesh is {self._state}; a mesh starts once")
+        if self._tracer_provider is None:
+            self._tracing = _tracing(None)
         try:
             await self._start_all(list(self._router.table.values()))
         except BaseException:
@@ -460,6 +472,16 @@ class Mesh:
             RuntimeError: no config loader is installed.
         """
         return _config_loader()(path, registry=registry)
+
+
+def _tracing(provider: object | None) -> Tracing | None:
+    """The mesh's tracing, or None: ``provider``'s, else the global tracer
+    provider's if the application set one."""
+    if provider is None and "opentelemetry.trace" not in sys.modules:
+        return None  # nothing can have set a global provider: import nothing
+    from ._otel import tracing_for  # never on `import meshbridge`: it loads opentelemetry
+
+    return tracing_for(provider)
 
 
 def _config_loader() -> Callable[..., Mesh]:

@@ -27,6 +27,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 __all__ = [
@@ -100,22 +101,28 @@ def method_label(method: str) -> str:
 class Histogram:
     """Observations counted per bucket (not cumulative), and their sum."""
 
-    __slots__ = ("counts", "sum")
+    __slots__ = ("counts", "exemplars", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
+        # Trace ids by bucket index, set only when tracing is on (_otel.py).
+        self.exemplars: dict[int, Exemplar] | None = None
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(BUCKETS, value)] += 1
         self.sum += value
 
-    def buckets(self) -> list[tuple[str, float]]:
+    def buckets(self) -> list[tuple[str, float] | tuple[str, float, Exemplar]]:
         total = 0
-        cumulative = []
+        cumulative: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
         for le, count in zip(_LE, self.counts, strict=True):
             total += count
             cumulative.append((le, float(total)))
+        if self.exemplars:
+            for index, exemplar in list(self.exemplars.items()):
+                le, value = cumulative[index][:2]
+                cumulative[index] = (le, value, exemplar)
         return cumulative
 
 

@@ -43,7 +43,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._exchange import CANCELLED, COMPLETED, ERROR, Exchange
 from ._link import Carrier
@@ -55,6 +55,9 @@ from ._routing import Router
 from ._source import Source
 from ._synthetic import ErrorBody, synthetic_response
 from ._traffic import OVERLOADED_RETRY_AFTER, Guard, Traffic
+
+if TYPE_CHECKING:  # _otel imports opentelemetry: only ever loaded when tracing is on
+    from ._otel import Trace
 
 __all__ = ["Call", "Relay"]
 
@@ -98,6 +101,7 @@ class Call:
         "status",
         "target",
         "timer",
+        "trace",
         "tries",
         "upstream",
     )
@@ -139,6 +143,7 @@ class Call:
         self.idle: float | None = None  # idle_timeout, once committed
         self.last_chunk = 0.0
         self.timer: asyncio.TimerHandle | None = None  # backoff or fault delay
+        self.trace: Trace | None = None  # its span, when tracing is on (_otel.py)
 
     @property
     def provider(self) -> str:
@@ -314,6 +319,7 @@ class Relay(asyncio.Transport):
         series = metrics.series(name, call.source) if metrics is not None else None
         exchange = Exchange(name, call.source, call.api_key_id, call.method, series, metrics)
         exchange.listener = self._attempt_finished
+        exchange.trace = call.trace  # an attempt: an event on the call's span
         upstream.begin(exchange)
         call.upstream, call.attempt = upstream, exchange
         call.guard, call.generation = guard, generation
@@ -653,6 +659,8 @@ class Relay(asyncio.Transport):
         if call.sent:
             self._forget(call)
         self._traffic.count("calls", call.target, call.label, str(call.status), outcome)
+        if call.trace is not None:
+            call.trace.end(call.provider, call.status, outcome)
         if self._call is call:
             self._call = None
 

@@ -148,6 +148,7 @@ class Dialect(Protocol):
     """What differs between upstream APIs."""
 
     forward_headers: frozenset[str]
+    system: str  # the API family, for tracing's gen_ai.provider.name
 
     def error(self, status: int, message: str) -> JSON:
         """A provider-shaped error body."""
@@ -311,7 +312,14 @@ class Proxy:
             if usage is not None:
                 answered = answer.get("model")
                 named = answered if isinstance(answered, str) else model
-                report(request, self.labels, named, usage)
+                report(
+                    request,
+                    self.labels,
+                    named,
+                    usage,
+                    system=self.dialect.system,
+                    request_model=model,
+                )
         return web.Response(
             status=upstream.status,
             reason=upstream.reason,
@@ -365,7 +373,15 @@ class Proxy:
                     await response.write(self.dialect.stream_error(failure))
                 raise UpstreamStreamError(failure)
         finally:
-            report(request, self.labels, watcher.model or model, watcher.usage, ttft)
+            report(
+                request,
+                self.labels,
+                watcher.model or model,
+                watcher.usage,
+                ttft,
+                system=self.dialect.system,
+                request_model=model,
+            )
         await response.write_eof()
         return response
 

@@ -70,8 +70,17 @@ def report(
     model: str | None,
     usage: Usage,
     first_token: float | None = None,
+    *,
+    system: str | None = None,
+    request_model: str | None = None,
 ) -> None:
-    """Count one request's tokens (and its time to first token, for a stream)."""
+    """Count one request's tokens (and its time to first token, for a stream).
+
+    ``model`` is the model that answered (else the one asked for),
+    ``request_model`` the one asked for and ``system`` the API family
+    (``"openai"``, ``"anthropic"``): on a traced request they become the
+    span's GenAI attributes (see :func:`meshbridge.record_tokens`).
+    """
     record_tokens(
         request,
         labels.label(model),
@@ -80,4 +89,8 @@ def report(
         cache_read=usage.cache_read,
         cache_write=usage.cache_write,
         first_token=first_token,
+        system=system,
+        operation="chat",  # every generation endpoint the kinds serve is a chat
+        request_model=request_model,
+        response_model=model,
     )

@@ -110,6 +110,7 @@ class _MessagesWatcher(Watcher):
 
 class AnthropicDialect:
     forward_headers = FORWARD_HEADERS
+    system = "anthropic"
 
     def __init__(self, version: str) -> None:
         self._version = version

@@ -275,7 +275,11 @@ async def _generate(request: web.Request, wire: Wire) -> web.StreamResponse:
         await response.write_eof()
         return response
     finally:
-        report(request, fake.labels, generation.model, generation.usage, ttft)
+        system = "anthropic" if wire.anthropic else "openai"  # the API it speaks
+        model = generation.model
+        report(
+            request, fake.labels, model, generation.usage, ttft, system=system, request_model=model
+        )
 
 
 async def _cut_answer(request: web.Request, answer: JSON) -> web.StreamResponse:

@@ -150,6 +150,7 @@ class _ResponsesWatcher(Watcher):
 
 class OpenAIDialect:
     forward_headers = FORWARD_HEADERS
+    system = "openai"
 
     def error(self, status: int, message: str) -> JSON:
         code = _ERROR_CODES.get(status)

@@ -120,6 +120,17 @@ def test_importing_the_core_loads_no_other_layer_and_no_toml_parser() -> None:
     ).stdout.split()
     assert "meshbridge" in loaded
     assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib"))]
+    # tracing is optional and lazy: installed (the SDKs depend on it) yet not loaded
+    assert not [m for m in loaded if is_under(m, ("opentelemetry", "meshbridge._otel"))]
+
+
+def test_only_the_tracing_module_of_the_core_imports_opentelemetry() -> None:
+    importers = {
+        str(path.relative_to(ROOT))
+        for path in core_files()
+        if any(is_under(name, ("opentelemetry",)) for name in imports(path))
+    }
+    assert importers == {"meshbridge/_otel.py"}
 
 
 def test_the_wheel_installs_the_meshbridge_package_only(tmp_path: Path) -> None:

@@ -13,6 +13,10 @@ Resilience row charts fires again and again, a bounded batch of requests every
   total timeouts; ``limited`` gets more requests than its ``max_in_flight``;
   ``faulty`` aborts half of its requests by fault injection.
 - the route ``chat`` splits between ``backup`` and ``flaky``.
+
+Its requests are traced (an OpenTelemetry SDK provider, no export), so its
+latency histograms carry exemplars; ``GET /trace-ids`` lists the trace ids
+of its latest spans, for the exemplar check against Prometheus.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ import asyncio
 import contextlib
 import itertools
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import aiohttp
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from meshbridge import CircuitBreaker, Fault, Mesh, Policy
 
@@ -129,17 +137,38 @@ async def drive(mesh: Mesh, stop: asyncio.Event) -> None:
             await session.close()
 
 
+class RecentTraces(SpanExporter):
+    """Keeps the trace ids of the latest spans (bounded), exports nothing."""
+
+    def __init__(self) -> None:
+        self.ids: deque[str] = deque(maxlen=5000)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        for span in spans:
+            if span.context is not None:
+                self.ids.append(trace.format_trace_id(span.context.trace_id))
+        return SpanExportResult.SUCCESS
+
+
 async def main(host: str, port: int, duration: float) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.call_later(duration, stop.set)
-    async with Mesh() as mesh:
+    recent = RecentTraces()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(recent))
+
+    async def trace_ids(request: web.Request) -> web.Response:
+        return web.json_response(list(recent.ids))
+
+    async with Mesh(tracer_provider=provider) as mesh:
         for name, (handler, policy) in PROVIDERS.items():
             mesh.register(name, app(handler), policy=policy)
         mesh.add_route("chat", {"backup": 80, "flaky": 20})
         metrics = web.Application()
         metrics.router.add_get("/metrics", mesh.metrics_handler())
+        metrics.router.add_get("/trace-ids", trace_ids)
         runner = web.AppRunner(metrics)
         await runner.setup()
         try:

@@ -125,6 +125,8 @@ def prometheus(
         f"--config.file={config}",
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address={address}",
+        # the latency histograms' exemplars (trace ids), as docker-compose.yml runs it
+        "--enable-feature=exemplar-storage",
     ]
     process = Process.start("prometheus", argv, workdir / "prometheus.log")
     server = Prometheus(process, address)
