@@ -6,9 +6,15 @@ An aiohttp upgrade should touch this file only. What we rely on:
   hook a connector overrides to make a new connection; we hand back aiohttp's
   own client protocol, ``client_proto.ResponseHandler``, wired to a pipe.
 * ``BaseConnector._loop``: the loop the connector runs on.
-* ``web.Server.request_factory`` / ``request_handler`` (public attributes,
-  private types): wrapped so each request made by the provider's server gets
-  its Exchange and an observing writer, and handler failures are seen.
+* ``BaseConnector._get``: takes a pooled connection, as ``connect`` does first.
+* ``web.Server.request_factory`` (a public attribute, private type),
+  ``_loop`` and ``_kwargs``: the server's own protocol is made here, as
+  ``web.Server.__call__`` makes it, as a subclass of
+  ``web_protocol.RequestHandler`` whose ``_request_factory`` gives each
+  request its Exchange and an observing writer, and whose ``_handle_request``,
+  ``handle_error`` and ``finish_response`` (and ``web_protocol.ERROR``, the
+  message of a request that did not parse, compared with ``BaseRequest._message``)
+  tell it when a handler failed.
 * ``http_writer.StreamWriter``: subclassed to learn the status, body size and
   end of each response, exactly where aiohttp's server writes them.
 * ``StreamReader.total_bytes``: the request body bytes a provider received.
@@ -21,17 +27,24 @@ The pinned range in pyproject.toml is the range these are tested against.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import BaseConnector, ClientRequest, web
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.connector import Connection
 from aiohttp.http_writer import StreamWriter
+from aiohttp.log import server_logger
+from aiohttp.web_protocol import ERROR as _UNPARSED
+from aiohttp.web_protocol import RequestHandler
 
 from ._exchange import EXCHANGE, Exchange
 from ._pipe import PipeEnd
 
-__all__ = ["ConnectorBase", "ResponseHandler", "configures_access_log", "observe_server"]
+if TYPE_CHECKING:  # _otel imports opentelemetry: only ever loaded when tracing is on
+    from ._otel import Trace
+
+__all__ = ["ConnectorBase", "ResponseHandler", "configures_access_log", "server_protocols"]
 
 _ACCESS_LOG_ARGS: Final = frozenset({"access_log", "access_log_class", "access_log_format"})
 
@@ -53,6 +66,13 @@ class ConnectorBase(BaseConnector):
     def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:
         """Connect ``protocol`` to a provider (calls its ``connection_made``)."""
         raise NotImplementedError
+
+    def pooled(
+        self, req: ClientRequest, traces: list[Any]
+    ) -> Coroutine[Any, Any, Connection | None]:
+        """A pooled connection for ``req``, or None: the first thing
+        ``BaseConnector.connect`` tries (``_get``), without the rest of it."""
+        return self._get(req.connection_key, traces)
 
 
 class _ObservedWriter(StreamWriter):
@@ -82,10 +102,17 @@ def configures_access_log(app: web.Application) -> bool:
     return not _ACCESS_LOG_ARGS.isdisjoint(handler_args)
 
 
-def observe_server(server: web.Server, bind: Bind) -> None:
-    """Make ``server`` attach an Exchange to each request that has one."""
+def server_protocols(server: web.Server, bind: Bind) -> Callable[[], asyncio.Protocol]:
+    """A factory of ``server``'s protocols that attach an Exchange to each
+    request that has one (``bind``) and tell it what the handler did.
+
+    Each protocol is aiohttp's own ``RequestHandler`` (a subclass overriding
+    three hooks, not a wrapper around the app's handler): what a handler can
+    observe is unchanged, and a request costs no extra coroutine frame.
+    """
     make_request = server.request_factory
-    handle = server.request_handler
+    loop = server._loop
+    kwargs = server._kwargs
 
     def request_factory(
         message: Any, payload: Any, protocol: Any, writer: Any, task: Any
@@ -94,31 +121,85 @@ def observe_server(server: web.Server, bind: Bind) -> None:
         if exchange is None:
             return make_request(message, payload, protocol, writer, task)
         exchange.received(payload)
-        writer = _ObservedWriter(protocol, asyncio.get_running_loop(), exchange)
+        writer = _ObservedWriter(protocol, loop, exchange)
         request = make_request(message, payload, protocol, writer, task)
         request[EXCHANGE] = exchange
+        protocol._exchange = exchange  # for _handle_request, called next
         return request
 
-    async def request_handler(request: web.BaseRequest) -> web.StreamResponse:
-        exchange = request.get(EXCHANGE)
-        if exchange is None:
-            return await handle(request)
-        # The request's span is current in its handler (this request's own task).
-        trace = exchange.trace
-        token = trace.attach() if trace is not None else None
-        try:
-            response: object = await handle(request)
-        except web.HTTPException:
-            raise
-        except Exception:
-            exchange.handler_failed()
-            raise
-        finally:
-            if trace is not None:
-                trace.detach(token)
-        if not isinstance(response, web.StreamResponse):
-            exchange.handler_failed()  # aiohttp answers 500 for this, as over TCP
-        return response  # type: ignore[return-value]  # aiohttp handles non-responses
+    try:
+        _MeshRequestHandler(server, loop=loop, **kwargs)
+    except TypeError:  # bad handler_args: what web.Server.__call__ falls back to
+        server_logger.warning("Failed to create request handler with custom kwargs %r", kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k in ("debug", "access_log_class")}
 
-    server.request_factory = request_factory
-    server.request_handler = request_handler
+    def protocol() -> asyncio.Protocol:
+        handler = _MeshRequestHandler(server, loop=loop, **kwargs)
+        # A plain function, not a bound method of the handler: no cycle per connection.
+        handler._request_factory = request_factory
+        handler._exchange = None
+        return handler
+
+    return protocol
+
+
+class _MeshRequestHandler(RequestHandler):
+    """aiohttp's server protocol, telling each request's Exchange when its
+    handler failed, and running a traced request's handler in its span."""
+
+    # The Exchange of the request whose handler starts next: aiohttp's start()
+    # calls request_factory, then _handle_request, one request at a time.
+    __slots__ = ("_exchange",)
+    _exchange: Exchange | None
+
+    def _handle_request(
+        self,
+        request: web.BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
+        # Called in the connection's task just before it starts the request's
+        # own task (which copies the context); a plain def adds no frame.
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None and exchange.trace is not None:
+            return self._handle_traced(request, start_time, request_handler, exchange.trace)
+        return super()._handle_request(request, start_time, request_handler)
+
+    async def _handle_traced(
+        self,
+        request: web.BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        trace: Trace,
+    ) -> tuple[web.StreamResponse, bool]:
+        # The request's span is current in its handler (this request's own task).
+        token = trace.attach()
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            trace.detach(token)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's answer to a handler that raised (500, or 504 for a
+        # TimeoutError), and to a request it could not parse (message ERROR).
+        if request._message is not _UNPARSED:
+            exchange = request.get(EXCHANGE)
+            if exchange is not None:
+                exchange.handler_failed()
+        return super().handle_error(request, status, exc, message)
+
+    def finish_response(
+        self, request: web.BaseRequest, resp: object, start_time: float | None
+    ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
+        # A handler may return anything; aiohttp answers 500 for a non-response.
+        if not isinstance(resp, web.StreamResponse):
+            exchange = request.get(EXCHANGE)
+            if exchange is not None:
+                exchange.handler_failed()
+        return super().finish_response(request, resp, start_time)  # type: ignore[arg-type]

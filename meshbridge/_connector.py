@@ -98,31 +98,31 @@ class MeshConnector(ConnectorBase):
         source = current_source.get() or self._source
         api_key_id = current_api_key_id.get() or self._api_key_id
         traffic = self._traffic
-        governed = name in traffic.guards or name in traffic.route_table
-        first = traffic.choose(name, source, api_key_id) if name in traffic.route_table else name
+        routed = name in traffic.route_table
+        governed = routed or name in traffic.guards
+        first = traffic.choose(name, source, api_key_id) if routed else name
         provider = self._router.lookup(first)
         if api_key_id is None and provider.require_api_key_id:
             raise MissingAPIKeyID(provider.name)
         if provider.state != RUNNING:
             await provider.wait_started()
-        opener: Opener
-        if governed:
-            opener = partial(self._mesh._relay, name)
-            wanted: object = None
-        else:
-            opener = partial(_open_link, provider)
-            wanted = provider
-        token = _opener.set(opener)
-        try:
-            while True:
-                conn = await super().connect(req, traces, timeout)
-                transport = conn.transport
-                link = transport.pipe.owner if isinstance(transport, PipeEnd) else transport
-                if isinstance(link, Link | Relay) and link.serves(name, wanted):
-                    break
+        wanted: object = None if governed else provider
+        # A pooled connection first, as BaseConnector.connect does; a new one
+        # is made by _create_connection, told how through _opener.
+        conn = await self.pooled(req, traces)
+        link = _link_of(conn) if conn is not None else None
+        while conn is None or link is None or not link.serves(name, wanted):
+            if conn is not None:
                 conn.close()  # a link to a provider that was replaced: never reuse it
-        finally:
-            _opener.reset(token)
+            opener: Opener = (
+                partial(self._mesh._relay, name) if governed else partial(_open_link, provider)
+            )
+            token = _opener.set(opener)
+            try:
+                conn = await super().connect(req, traces, timeout)
+            finally:
+                _opener.reset(token)
+            link = _link_of(conn)
         method = method_label(req.method)
         tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
         if isinstance(link, Relay):
@@ -147,6 +147,13 @@ class MeshConnector(ConnectorBase):
         if opener is None:
             raise MeshError("MeshConnector.connect() must be used to open connections")
         opener(protocol, req.is_ssl())
+
+
+def _link_of(conn: Connection) -> Link | Relay | None:
+    """The link or relay a connection runs on."""
+    transport = conn.transport
+    link = transport.pipe.owner if isinstance(transport, PipeEnd) else transport
+    return link if isinstance(link, Link | Relay) else None
 
 
 def _open_link(provider: Provider, protocol: asyncio.Protocol, secure: bool) -> Link:

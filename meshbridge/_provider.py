@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any, Final
 
 from aiohttp import web
 
-from ._aiohttp import configures_access_log, observe_server
+from ._aiohttp import configures_access_log, server_protocols
 from ._exceptions import MeshError
 from ._link import Carrier, Link, exchange_for, open_pipe
 from ._pipe import OnClose, Pipe, PipeStats
@@ -57,7 +58,7 @@ class Provider:
         self._stats = stats
         self.state = NEW
         self._runner: web.AppRunner | None = None
-        self._server: web.Server | None = None
+        self._protocols: Callable[[], asyncio.Protocol] | None = None  # the server's
         self._started: asyncio.Future[None] | None = None
         self._tls: ssl.SSLContext | None = None
 
@@ -104,8 +105,8 @@ class Provider:
             raise
         server = runner.server
         assert server is not None
-        observe_server(server, exchange_for)
-        self._runner, self._server = runner, server
+        self._runner = runner
+        self._protocols = server_protocols(server, exchange_for)
         self.state = RUNNING
         started.set_result(None)
 
@@ -151,14 +152,15 @@ class Provider:
 
     def server_protocol(self, *, secure: bool) -> tuple[asyncio.Protocol, ssl.SSLContext | None]:
         """A new server protocol of this app, and the TLS context it reports."""
-        if self._server is None or self.state != RUNNING:
+        protocols = self._protocols
+        if protocols is None or self.state != RUNNING:
             raise MeshError(f"provider {self.name!r} is {self.state}")
         tls = None
         if secure:  # request.secure is True for https:// URLs, with no TLS involved
             if self._tls is None:
                 self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             tls = self._tls
-        return self._server(), tls
+        return protocols(), tls
 
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish for the grace period,
@@ -172,4 +174,4 @@ class Provider:
                 await runner.cleanup()
             except Exception:
                 log.exception("provider %r: error while shutting down", self.name)
-        self._server = None
+        self._protocols = None
