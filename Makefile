@@ -28,7 +28,7 @@ FIND_PYTHON = find_python() { \
 	    fi; \
 	  done; return 1; }
 
-.PHONY: test lint typecheck pytest pytest-versions demo bench bench-smoke soak system-deps clean
+.PHONY: test lint typecheck pytest pytest-versions demo bench bench-smoke bench-versions soak system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,20 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks --smoke
+
+# The unary and streaming workloads under each Python of $(PYTHONS) the machine
+# has (its venv made if missing), one after another, at the quick scale (a few
+# minutes each); one table to stdout and benchmarks/results/versions.md.
+BENCH_VERSIONS_ARGS ?=
+bench-versions: $(STAMP)
+	@$(FIND_PYTHON); pythons="--python $(BIN)/python"; \
+	for v in $(OTHER_VERSIONS); do \
+	  if find_python $$v >/dev/null; then \
+	    $(MAKE) --no-print-directory .venv-$$v/.installed || exit 1; \
+	    pythons="$$pythons --python .venv-$$v/bin/python"; \
+	  else echo "SKIPPED Python $$v: not on PATH nor under pyenv's versions"; fi; \
+	done; \
+	$(BIN)/python -m benchmarks versions $$pythons $(BENCH_VERSIONS_ARGS)
 
 # Tens of thousands of requests ending every way through one Mesh; exits 1 if a
 # count differs or anything is left (`make soak SOAK_ARGS=--quick`: seconds).

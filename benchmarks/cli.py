@@ -1,7 +1,9 @@
-"""The command line: ``python -m benchmarks [--smoke] [--rounds N] [--only W] [--json PATH]``,
-and ``python -m benchmarks soak [--quick]`` (see ``soak.py``), ``slowloris``
-``policies [--quick]`` (what traffic policies cost, see ``policies.py``) and
-``workers [--quick]`` (gateway throughput with 1 and 2 workers, see ``workers.py``)."""
+"""The command line: ``python -m benchmarks [--smoke|--quick] [--rounds N] [--only W]
+[--json PATH]``, and ``python -m benchmarks soak [--quick]`` (see ``soak.py``),
+``slowloris``, ``policies [--quick]`` (what traffic policies cost, see
+``policies.py``), ``workers [--quick]`` (gateway throughput with 1 and 2
+workers, see ``workers.py``) and ``versions`` (the unary and streaming
+workloads under each Python's venv, one table, see ``versions.py``)."""
 
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import policies, slowloris, soak, workers
+from . import policies, slowloris, soak, versions, workers
 from .apart import serve_main
 from .contenders import CONTENDERS
 from .report import summarize, table, write_json
 from .runner import child_main, run
-from .workloads import FULL, SMOKE, WORKLOADS
+from .workloads import FULL, QUICK, SMOKE, WORKLOADS
 
 __all__ = ["main"]
 
@@ -30,9 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="meshbridge against loopback TCP, a Unix socket and in-process peers.",
-        epilog="`python -m benchmarks soak --help`: the soak (make soak).",
+        epilog="`python -m benchmarks soak --help`: the soak (make soak); "
+        "`python -m benchmarks versions --help`: one table for each Python (make bench-versions).",
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds (CI)")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--smoke", action="store_true", help="tiny counts, a few seconds (CI)")
+    scale.add_argument(
+        "--quick", action="store_true", help="a quarter of the counts, 3 s per measurement"
+    )
     parser.add_argument(
         "--rounds",
         type=int,
@@ -92,11 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return policies.main(argv[1:])
     if argv[:1] == ["workers"]:
         return workers.main(argv[1:])
+    if argv[:1] == ["versions"]:
+        return versions.main(argv[1:])
     if argv[:1] == ["slowloris"]:
         _raise_fd_limit()  # a descriptor per connection, here and in the server it starts
         return slowloris.main(argv[1:])
     args = _parser().parse_args(argv)
-    scale = SMOKE if args.smoke else FULL
+    scale = SMOKE if args.smoke else QUICK if args.quick else FULL
     _raise_fd_limit()
     if args.serve_app:
         return serve_main()
@@ -113,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(running)} contenders x {len(workloads)} workloads x {rounds} rounds", file=sys.stderr
     )
     started = time.perf_counter()
-    results = asyncio.run(run(workloads, names, scale, rounds, smoke=args.smoke))
+    results = asyncio.run(run(workloads, names, scale, rounds))
     seconds = time.perf_counter() - started
     doc = summarize(workloads, names, results, scale, rounds, seconds)
     print(table(doc))

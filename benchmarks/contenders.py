@@ -3,8 +3,10 @@
 Every contender starts its own fresh copy of the app (see ``apps.py``) and
 hands the workloads a :class:`Client`. All but httpx use the same
 ``aiohttp.ClientSession`` calls, so what differs between them is only the
-connector and what sits behind it. A ninth, ``tcp-apart`` (the app in a second
-process, see ``apart.py``), runs only in the workloads that name it.
+connector and what sits behind it. Two more run only in the workloads that
+name them: ``tcp-apart`` (the app in a second process, see ``apart.py``) and
+``floor`` (no app: canned responses over the pipe, see ``floor.py``), the
+limit of the unary and echo workloads.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from meshbridge._pipe import PipeStats
 from .apart import AppProcess
 from .apps import PRODUCED, Produced, aiohttp_app, starlette_app
 from .bare_pipe import BarePipeConnector
+from .floor import FloorConnector
 
 __all__ = ["CONTENDERS", "Client", "Contender"]
 
@@ -183,6 +186,15 @@ class BarePipe(Contender):
         return self.stats.peak
 
 
+class Floor(Contender):
+    name = "floor"
+    title = "aiohttp ClientSession against canned bytes over the pipe (the limit)"
+    everywhere = False
+
+    async def _start(self) -> Client:
+        return AiohttpClient(aiohttp.ClientSession(connector=FloorConnector()), "http://bench")
+
+
 class Tcp(Contender):
     name, title = "tcp", "aiohttp over loopback TCP, keep-alive"
     force_close = False
@@ -253,14 +265,15 @@ class AiohttpAsgi(Contender):
         return AiohttpClient(session, "http://bench")
 
 
-# In table order. Ratios are taken against "tcp" (and "tcp-close" for unary),
-# or against the reference a workload names.
+# In table order. Ratios are taken against "tcp" (and "tcp-close" for unary,
+# "floor" where it runs), or against the reference a workload names.
 CONTENDERS: dict[str, type[Contender]] = {
     c.name: c
     for c in (
         MeshFull,
         MeshNoMetrics,
         BarePipe,
+        Floor,
         Tcp,
         TcpClose,
         TcpApart,

@@ -3,9 +3,11 @@
 Ratios are contender / loopback TCP keep-alive (``tcp``, or the reference a
 workload names: ``tcp-apart`` for 10,000 streams) for every figure, so for
 throughput higher is better and for latency and memory lower is better;
-unary workloads also get contender / ``tcp-close``. The targets are those of
-the benchmark issue, checked on the medians (the slow reader's pipe buffer
-on its worst round: it must *never* go above 1 MiB).
+unary workloads also get contender / ``tcp-close``, and the workloads the
+client-only floor runs in get contender / ``floor`` (how far from the limit).
+The targets are those of the performance issue (13: under concurrency too),
+with the earlier ones it does not replace, checked on the medians (the slow
+reader's pipe buffer on its worst round: it must *never* go above 1 MiB).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ __all__ = ["machine", "summarize", "table", "write_json"]
 
 REFERENCE = "tcp"
 UNARY_REFERENCE = "tcp-close"
-MESH, PIPE = "meshbridge", "pipe"
+MESH, PIPE, UNIX, FLOOR = "meshbridge", "pipe", "unix", "floor"
 Medians = dict[str, dict[str, dict[str, float | None]]]  # workload -> contender -> figure
 
 
@@ -106,12 +108,18 @@ def _target(name: str, value: float | None, threshold: float, at_least: bool) ->
 
 def targets(m: Medians, results: Results) -> list[dict[str, Any]]:
     out = []
-    for w in ("unary_seq", "unary_c64"):
+    for w, over_tcp, over_unix in (("unary_seq", 2.0, None), ("unary_c64", 1.5, 1.3)):
         out.append(
-            _target(
-                f"{w}: meshbridge / tcp (aim 2.5)", _ratio(m, w, MESH, "rps", REFERENCE), 2.0, True
-            )
+            _target(f"{w}: meshbridge / tcp", _ratio(m, w, MESH, "rps", REFERENCE), over_tcp, True)
         )
+        if over_unix is not None:
+            out.append(
+                _target(f"{w}: meshbridge / unix", _ratio(m, w, MESH, "rps", UNIX), over_unix, True)
+            )
+        # routing and metrics: at most 10% below the bare pipe
+        out.append(_target(f"{w}: meshbridge / pipe", _ratio(m, w, MESH, "rps", PIPE), 0.90, True))
+        # the earlier targets issue 13 keeps: far ahead of a new connection per
+        # request, and of both in-process peers
         out.append(
             _target(
                 f"{w}: meshbridge / tcp-close",
@@ -124,7 +132,6 @@ def targets(m: Medians, results: Results) -> list[dict[str, Any]]:
             out.append(
                 _target(f"{w}: meshbridge / {peer}", _ratio(m, w, MESH, "rps", peer), 1.0, True)
             )
-        out.append(_target(f"{w}: meshbridge / pipe", _ratio(m, w, MESH, "rps", PIPE), 0.85, True))
     out.append(
         _target(
             "sse_paced p50: meshbridge / tcp",
@@ -193,6 +200,9 @@ def summarize(
                 per[name]["vs_tcp_close"] = {
                     "rps": _ratio(m, workload.name, name, "rps", UNARY_REFERENCE)
                 }
+            if FLOOR in workload.runs_on(names):
+                key = workload.figures[0].key
+                per[name]["vs_floor"] = {key: _ratio(m, workload.name, name, key, FLOOR)}
         doc["workloads"][workload.name] = {
             "title": workload.title,
             "about": workload.about,
@@ -225,6 +235,9 @@ def table(doc: dict[str, Any]) -> str:
             head += f" {f['key'] + ' (' + f['unit'] + ')':>22} {'x ' + workload['reference']:>11}"
         if name.startswith("unary"):
             head += f" {'x tcp-close':>12}"
+        floor = FLOOR in workload["contenders"]
+        if floor:
+            head += f" {'x floor':>9}"
         lines.append(head)
         for contender, cell in workload["contenders"].items():
             row = f"  {contender:<22}"
@@ -233,6 +246,8 @@ def table(doc: dict[str, Any]) -> str:
                 row += f" {fmt(value):>22} {_x(ratio):>11}"
             if name.startswith("unary"):
                 row += f" {_x(cell['vs_tcp_close']['rps']):>12}"
+            if floor:
+                row += f" {_x(cell['vs_floor'][figures[0]['key']]):>9}"
             if cell["errors"]:
                 row += f"  ({len(cell['errors'])} failed: {cell['errors'][0][:60]})"
             lines.append(row)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .contenders import CONTENDERS
 from .measure import fmt, settle_allocator
-from .workloads import SMOKE, Figures, Scale, Workload
+from .workloads import QUICK, SMOKE, Figures, Scale, Workload
 
 __all__ = ["Results", "child_main", "run"]
 
@@ -64,9 +64,7 @@ def _summary(workload: Workload, figures: Figures) -> str:
     return ", ".join(shown)
 
 
-async def run(
-    workloads: list[Workload], names: list[str], scale: Scale, rounds: int, *, smoke: bool
-) -> Results:
+async def run(workloads: list[Workload], names: list[str], scale: Scale, rounds: int) -> Results:
     """Measure each workload ``rounds`` times on each named contender."""
     settle_allocator()
     results = Results()
@@ -75,7 +73,7 @@ async def run(
         await _run_in_process(timed, names, scale, rounds, results)
     for workload in workloads:
         if workload.isolated:
-            await _run_isolated(workload, names, rounds, results, scale, smoke=smoke)
+            await _run_isolated(workload, names, rounds, results, scale)
     return results
 
 
@@ -106,23 +104,22 @@ async def _run_in_process(
 
 
 async def _run_isolated(
-    workload: Workload,
-    names: list[str],
-    rounds: int,
-    results: Results,
-    scale: Scale,
-    *,
-    smoke: bool,
+    workload: Workload, names: list[str], rounds: int, results: Results, scale: Scale
 ) -> None:
     on = workload.runs_on(names)
     rounds = workload.rounds(rounds) if on else 0
     for round_ in range(rounds):
         for name in _rotated(on, round_):
             argv = [sys.executable, "-m", "benchmarks", "--child", workload.name, name]
-            figures, error = await _child(argv + (["--smoke"] if smoke else []), _limit(scale))
+            figures, error = await _child(argv + _scale_args(scale), _limit(scale))
             results.add(workload.name, name, figures, error)
             shown = _summary(workload, figures) if figures is not None else f"FAILED: {error}"
             _progress(workload.name, round_, rounds, name, shown)
+
+
+def _scale_args(scale: Scale) -> list[str]:
+    """The option that gives a child process the same scale."""
+    return ["--smoke"] if scale is SMOKE else ["--quick"] if scale is QUICK else []
 
 
 async def _child(argv: list[str], limit: float) -> tuple[Figures | None, str]:

@@ -18,11 +18,12 @@ from .contenders import CONTENDERS, Client, Contender
 from .fanout import fanout_round, read_stamped
 from .measure import PeakRSS, percentile
 
-__all__ = ["FULL", "SMOKE", "WORKLOADS", "Figure", "Figures", "Scale", "Workload"]
+__all__ = ["FULL", "QUICK", "SMOKE", "WORKLOADS", "Figure", "Figures", "Scale", "Workload"]
 
 Figures = dict[str, float | None]
 KIB = 1024
 MIB = 1024 * 1024
+LIMIT = ("floor",)  # canned answers: only where a response can be canned honestly
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,28 @@ FULL = Scale(
     warmup=300,
 )
 
+# A quarter of the counts and half the time cap: each Python's run of
+# `python -m benchmarks versions` (a few minutes for the workloads it runs).
+QUICK = Scale(
+    unary_requests=5_000,
+    echo_64k_requests=1_000,
+    echo_4m_requests=100,
+    sse_events=20_000,
+    paced_events=2_000,
+    paced_pause=0.0,
+    fanout_streams=250,
+    fanout_events=5,
+    fanout_interval=0.1,
+    wide_streams=2_500,
+    wide_events=3,
+    wide_interval=1.0,
+    wide_ramp=3.0,
+    slow_total=32 * MIB,
+    slow_pause=0.001,
+    time_cap=3.0,
+    warmup=200,
+)
+
 SMOKE = Scale(
     unary_requests=100,
     echo_64k_requests=10,
@@ -105,6 +128,7 @@ class Workload:
     about: str  # what the figures mean, for the table and the JSON file
     isolated: bool = False  # run each contender in a fresh process (memory figures)
     contenders: tuple[str, ...] = ()  # only these; () = every contender that runs everywhere
+    also: tuple[str, ...] = ()  # and these, which run only where named (everywhere = False)
     reference: str = "tcp"  # what the ratios are taken against
 
     def rounds(self, asked: int) -> int:
@@ -115,7 +139,7 @@ class Workload:
         """Of the contenders asked for, those this workload runs on."""
         if self.contenders:
             return [n for n in names if n in self.contenders]
-        return [n for n in names if CONTENDERS[n].everywhere]
+        return [n for n in names if CONTENDERS[n].everywhere or n in self.also]
 
 
 def _client(contender: Contender) -> Client:
@@ -290,6 +314,7 @@ WORKLOADS: dict[str, Workload] = {
             (Figure("rps", "req/s", True),),
             _unary(1),
             "GET /small (2-byte body), each request read to the end before the next",
+            also=LIMIT,
         ),
         Workload(
             "unary_c64",
@@ -297,6 +322,7 @@ WORKLOADS: dict[str, Workload] = {
             (Figure("rps", "req/s", True),),
             _unary(64),
             "the same from 64 tasks sharing one session",
+            also=LIMIT,
         ),
         Workload(
             "echo_64k",
@@ -304,6 +330,7 @@ WORKLOADS: dict[str, Workload] = {
             (Figure("mb_per_s", "MB/s", True),),
             _echo(64 * KIB, lambda s: s.echo_64k_requests),
             "MB/s: request-body bytes per second (as many come back); sequential",
+            also=LIMIT,
         ),
         Workload(
             "echo_4m",
@@ -311,6 +338,7 @@ WORKLOADS: dict[str, Workload] = {
             (Figure("mb_per_s", "MB/s", True),),
             _echo(4 * MIB, lambda s: s.echo_4m_requests),
             "as echo_64k; mostly memory copies, so the figures move with the allocator",
+            also=LIMIT,
         ),
         Workload(
             "sse_burst",

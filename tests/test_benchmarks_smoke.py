@@ -8,14 +8,22 @@ of pytest's.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import platform
+import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+from aiohttp import web
+
+from benchmarks.apps import aiohttp_app
 from benchmarks.contenders import CONTENDERS
+from benchmarks.floor import CannedApp
 from benchmarks.soak_check import compare
+from benchmarks.versions import ROWS
 from benchmarks.workloads import WORKLOADS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +67,14 @@ def test_smoke_run_reports_every_contender_on_every_workload(tmp_path: Path) -> 
                     assert cell["vs_tcp"][figure.key] > 0, where
     assert all(t["met"] is not None for t in doc["targets"]), doc["targets"]
 
+    # the client-only floor runs where its canned answers are honest: unary and echo
+    floor_in = {name for name, w in WORKLOADS.items() if "floor" in w.runs_on(list(CONTENDERS))}
+    assert floor_in == {"unary_seq", "unary_c64", "echo_64k", "echo_4m"}
+    assert "x floor" in done.stdout
+    for name in floor_in:
+        for cell in doc["workloads"][name]["contenders"].values():
+            assert cell["vs_floor"][WORKLOADS[name].figures[0].key] > 0, name
+
 
 def test_the_wide_fan_out_runs_on_the_mesh_against_tcp_with_the_app_apart() -> None:
     wide = WORKLOADS["fanout_10k"]
@@ -68,6 +84,81 @@ def test_the_wide_fan_out_runs_on_the_mesh_against_tcp_with_the_app_apart() -> N
     assert all(
         "tcp-apart" not in w.runs_on(list(CONTENDERS)) for w in WORKLOADS.values() if w is not wide
     )
+
+
+async def _exchange(port: int, requests: list[bytes]) -> list[bytes]:
+    """Each raw request's whole response, one after another on one connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    responses = []
+    try:
+        for request in requests:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+            assert length is not None, head
+            responses.append(head + await reader.readexactly(int(length[1])))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return responses
+
+
+async def test_the_floor_answers_with_the_bytes_aiohttp_sends_for_the_benchmark_app() -> None:
+    requests = [
+        b"GET /small HTTP/1.1\r\nHost: bench\r\nAccept: */*\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: bench\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n",
+        b"GET /nowhere HTTP/1.1\r\nHost: bench\r\n\r\n",
+    ]
+    runner = web.AppRunner(aiohttp_app())
+    await runner.setup()
+    floor = await asyncio.get_running_loop().create_server(CannedApp, "127.0.0.1", 0)
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        served = await _exchange(runner.addresses[0][1], requests)
+        canned = await _exchange(floor.sockets[0].getsockname()[1], requests)
+    finally:
+        floor.close()
+        await floor.wait_closed()
+        await runner.cleanup()
+
+    date = re.compile(rb"\r\nDate: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
+    for response in served + canned:
+        assert date.search(response), response
+    assert [date.sub(b"<date>", r) for r in canned] == [date.sub(b"<date>", r) for r in served]
+    assert canned[1].endswith(b"\r\n\r\nhello")
+
+
+def test_the_version_table_has_a_row_for_each_target_and_a_column_per_python(
+    tmp_path: Path,
+) -> None:
+    argv = [sys.executable, "-m", "benchmarks", "versions", "--smoke", "--rounds", "1"]
+    done = subprocess.run(
+        [*argv, "--python", sys.executable, "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    version = platform.python_version()
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"| figure | target | Python {version} |"
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in lines[2:] if line}
+    for row in ROWS:
+        cell = rows[row.label].rstrip(" |").rsplit(" | ", 1)[1]
+        assert cell != "-", row.label  # measured, in this version's run
+    assert (tmp_path / "versions.md").read_text() == done.stdout
+    runs = json.loads((tmp_path / "versions.json").read_text())["runs"]
+    assert list(runs) == [version]
+    assert set(runs[version]["workloads"]) == {
+        "unary_seq",
+        "unary_c64",
+        "sse_burst",
+        "sse_paced",
+        "slow_reader",
+    }
 
 
 def test_a_quick_soak_counts_every_request_by_outcome_and_leaves_nothing(tmp_path: Path) -> None:
