@@ -76,13 +76,10 @@ class ConnectorBase(BaseConnector):
 
 
 class _ObservedWriter(StreamWriter):
-    """aiohttp's server writer, telling an Exchange what it writes."""
+    """aiohttp's server writer, telling an Exchange what it writes (set
+    ``_exchange`` and ``on_body_write`` right after making one)."""
 
-    def __init__(self, protocol: Any, loop: asyncio.AbstractEventLoop, exchange: Exchange) -> None:
-        super().__init__(protocol, loop)
-        self._exchange = exchange
-        # A method of the exchange, not of self: no reference cycle per request.
-        self.on_body_write = exchange.body_written
+    _exchange: Exchange
 
     def write_headers(self, status_line: str, headers: Any) -> Coroutine[Any, Any, None]:
         # A plain def returning aiohttp's coroutine: no extra coroutine layer.
@@ -91,7 +88,7 @@ class _ObservedWriter(StreamWriter):
 
     async def write_eof(self, chunk: bytes = b"") -> None:
         await super().write_eof(chunk)
-        transport = self.transport
+        transport = self._protocol.transport
         if isinstance(transport, PipeEnd):
             transport.when_flushed(self._exchange.body_delivered)
 
@@ -120,8 +117,11 @@ def server_protocols(server: web.Server, bind: Bind) -> Callable[[], asyncio.Pro
         exchange = bind(protocol)
         if exchange is None:
             return make_request(message, payload, protocol, writer, task)
-        exchange.received(payload)
-        writer = _ObservedWriter(protocol, loop, exchange)
+        exchange.request_body = payload
+        writer = _ObservedWriter(protocol, loop)
+        writer._exchange = exchange
+        # A method of the exchange, not of the writer: no reference cycle per request.
+        writer.on_body_write = exchange.body_written
         request = make_request(message, payload, protocol, writer, task)
         request[EXCHANGE] = exchange
         protocol._exchange = exchange  # for _handle_request, called next

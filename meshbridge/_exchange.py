@@ -47,7 +47,6 @@ class Exchange:
 
     __slots__ = (
         "_metrics",
-        "_request_body",
         "_series",
         "_started",
         "api_key_id",
@@ -58,6 +57,7 @@ class Exchange:
         "method",
         "outcome",
         "provider",
+        "request_body",
         "response_bytes",
         "source",
         "status",
@@ -82,7 +82,8 @@ class Exchange:
         self.failed = False  # the handler raised
         self.finished = False
         self.outcome: str | None = None
-        self._request_body: _Counted | None = None
+        # What counts the request body's bytes, set when the provider parsed it.
+        self.request_body: _Counted | None = None
         self._series = series
         self._metrics = metrics
         self.listener: Callable[[Exchange], None] | None = None  # told when it finishes
@@ -93,10 +94,6 @@ class Exchange:
         self._started = perf_counter()
         if series is not None:
             series.in_flight += 1
-
-    def received(self, body: _Counted) -> None:
-        """The provider parsed the request; ``body`` counts its body bytes."""
-        self._request_body = body
 
     def headers_sent(self, status: int) -> None:
         """The provider sent the response status line and headers."""
@@ -149,7 +146,7 @@ class Exchange:
         self.outcome = outcome
         duration = perf_counter() - self._started
         if self._series is not None:
-            body = self._request_body
+            body = self.request_body
             self._series.finished(
                 self.method,
                 self.status,
