@@ -14,7 +14,8 @@ An aiohttp upgrade should touch this file only. What we rely on:
   request its Exchange and an observing writer, and whose ``_handle_request``,
   ``handle_error`` and ``finish_response`` (and ``web_protocol.ERROR``, the
   message of a request that did not parse, compared with ``BaseRequest._message``)
-  tell it when a handler failed.
+  tell it when a handler failed; ``shutdown`` (and its ``_task_handler``)
+  so that closing gives in-flight requests the grace period once, not twice.
 * ``http_writer.StreamWriter``: subclassed to learn the status, body size and
   end of each response, exactly where aiohttp's server writes them.
 * ``StreamReader.total_bytes``: the request body bytes a provider received.
@@ -178,6 +179,21 @@ class _MeshRequestHandler(RequestHandler):
             return await super()._handle_request(request, start_time, request_handler)
         finally:
             trace.detach(token)
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        # aiohttp waits up to ``timeout`` for the handler, then fails its
+        # request's reads and waits up to ``timeout`` again, so a handler that
+        # never reads (a stream) held Mesh.aclose() for twice the grace period.
+        # One period in all: what is still running at its end is cancelled.
+        if timeout is None:
+            return await super().shutdown(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await super().shutdown(timeout)
+        except TimeoutError:
+            if self._task_handler is not None:
+                self._task_handler.cancel()
+            self.force_close()
 
     def handle_error(
         self,

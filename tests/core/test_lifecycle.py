@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -152,6 +153,26 @@ async def test_close_cancels_what_outlives_the_grace_period() -> None:
         with pytest.raises(Exception, match=r"payload|closed|Connection"):
             await r.read()
     assert ends == ["cancelled"]
+
+
+async def test_close_gives_a_stream_that_never_ends_the_grace_period_once() -> None:
+    # aiohttp's own shutdown waits the timeout twice for a handler that never
+    # reads its request (once before failing the request's reads, once after).
+    ends: list[str] = []
+    started = asyncio.Event()
+    mesh = Mesh(grace_period=0.5)
+    mesh.register("llm", stream_app(ends, started))
+    await mesh.start()
+    loop = asyncio.get_running_loop()
+    async with mesh.session() as s, s.get("http://llm/?n=100000") as r:
+        await started.wait()
+        began = loop.time()
+        await mesh.aclose()
+        took = loop.time() - began
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    assert ends == ["cancelled"]
+    assert 0.5 <= took < 0.9  # one grace period, not two
 
 
 async def test_a_caller_waiting_for_a_starting_provider_can_be_cancelled() -> None:
