@@ -37,6 +37,18 @@ it, with no failures remembered.
 Rule 5, transitions. ``on_transition(to_state)`` is called once per change,
 after it, from inside the call that made it (so a gauge read through
 ``level`` may be what turns an open breaker half-open).
+
+Rule 6, the closed fast path. While closed, ``admit`` gives every request the
+same generation and a success changes nothing, whatever the time, so
+``closed_generation`` (that generation, None when not closed) lets the I/O
+code skip both calls, and reading its clock, on the common path::
+
+    generation = breaker.closed_generation
+    if generation is None:
+        generation = breaker.admit(now)
+    ...
+    if failed or breaker.closed_generation is None:
+        breaker.record(now, generation, failed)
 """
 
 from __future__ import annotations
@@ -73,6 +85,7 @@ class Breaker:
         "_probes",
         "_state",
         "_successes",
+        "closed_generation",
         "config",
     )
 
@@ -83,6 +96,7 @@ class Breaker:
         self._on_transition = on_transition
         self._state: str = CLOSED
         self._generation = 0
+        self.closed_generation: int | None = 0  # Rule 6
         # the times of the latest `failures` failures: enough to know whether
         # that many fall within the interval (Rule 2)
         self._failures: deque[float] = deque(maxlen=config.failures)
@@ -177,6 +191,7 @@ class Breaker:
     def _become(self, state: str, now: float) -> None:
         self._state = state
         self._generation += 1
+        self.closed_generation = self._generation if state == CLOSED else None
         self._failures.clear()
         self._probes = self._successes = 0
         if state == OPEN:

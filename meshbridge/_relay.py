@@ -18,20 +18,31 @@ Rules of the relay:
    committed (and everything after passes straight through) or dropped for a
    retry or a fallback. Once committed: no retry, no fallback, ever.
 3. Replays are exact and bounded. The request bytes are kept while the call
-   may be tried again, only if the body's size was known up front and the
-   bytes stay within ``replay_limit``; past that the call is not retried.
+   may be tried again (its policy has retries or a fallback), only if the
+   body's size was known up front and the bytes stay within ``replay_limit``;
+   past that the call is not retried.
 4. A failed attempt is cancelled: its connection is aborted (the handler sees
    ``CancelledError``) unless its response had already ended.
 5. Limits in time: ``first_byte_timeout`` per attempt until its head,
    ``timeout`` for the whole call, ``idle_timeout`` between chunks after the
    commit. Before the commit, a limit that fires is a retry or a 504; after
    it, the caller's stream is cut with an error (``ClientPayloadError``),
-   never a clean end.
+   never a clean end. All limits share the relay's one timer, moved only
+   when a limit comes sooner than the one it is set for, so a fast call costs
+   no timer operation; the loop's clock is read when an attempt starts and at
+   its commit (and per chunk after it, with an ``idle_timeout``), and that
+   first reading also serves the retry budget when both use one clock.
 6. Flow control passes through: a slow caller pauses the provider's output,
    a slow provider pauses the caller's upload.
 7. As a transport the relay keeps the pipe's rules (``_pipe.py``): bytes reach
    the caller's protocol in order, never re-entering its ``data_received``,
    none while it paused reading; ``connection_lost`` comes from the loop.
+8. A policy that never triggers costs little: per call, the Call and its
+   attempt's Exchange and nothing else the relay could avoid (no lists,
+   closures or bound methods); a closed breaker is not asked
+   (``closed_generation``), a guard carries its policy's numbers flat, a
+   head that arrives whole is committed without a copy, and the attempt's
+   metrics series is reused from the upstream's last attempt of that Source.
 
 The decisions (breakers, budgets, backoff, splits) are :class:`Traffic`'s;
 this module only moves bytes and keeps time.
@@ -45,9 +56,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from ._breaker import Breaker
 from ._exchange import CANCELLED, COMPLETED, ERROR, Exchange
 from ._link import Carrier
-from ._metrics import MeshMetrics, source_label
+from ._metrics import MeshMetrics, Series
 from ._pipe import HIGH_WATER, LOW_WATER, PipeStats
 from ._provider import RUNNING, Provider
 from ._retry import parse_retry_after
@@ -84,10 +96,8 @@ class Call:
         "generation",
         "guard",
         "head",
-        "idle",
         "index",
         "kept",
-        "label",
         "last_chunk",
         "method",
         "pending_answer",
@@ -96,7 +106,6 @@ class Call:
         "replay_limit",
         "replayable",
         "sent",
-        "sent_size",
         "source",
         "status",
         "target",
@@ -116,21 +125,19 @@ class Call:
         body_size: int | None,
     ) -> None:
         self.target = target
-        self.candidates = [first]
+        self.candidates: tuple[str, ...] = (first,)  # the provider, then its fallbacks
         self.index = 0  # which candidate is being tried
         self.tries = 0  # retries used on it
         self.source = source
-        self.label = source_label(source)  # the source label of its metrics
         self.api_key_id = api_key_id
         self.method = method
         self.replay_limit = _DEFAULT_REPLAY_LIMIT
         self.replayable = body_size is not None  # a streamed body is never replayed (Rule 3)
         self.sent: list[bytes] = []  # request bytes kept for a replay, or not yet forwarded
-        self.sent_size = 0
-        self.kept = 0  # bytes in sent now
-        self.received = 0  # request bytes from the caller, all told
+        self.kept = 0  # bytes in sent (while replayable: every byte the caller sent)
+        self.received = False  # whether request bytes came from the caller
         self.phase = _WAITING
-        self.head = bytearray()
+        self.head: bytearray | None = None  # a head that came in pieces, so far
         self.status = 0
         self.upstream: Upstream | None = None
         self.attempt: Exchange | None = None
@@ -140,8 +147,7 @@ class Call:
         # Limits in loop time, watched by the relay's one timer (None: none).
         self.deadline: float | None = None  # timeout: the whole call
         self.first_byte: float | None = None  # first_byte_timeout: this attempt's head
-        self.idle: float | None = None  # idle_timeout, once committed
-        self.last_chunk = 0.0
+        self.last_chunk: float | None = None  # once committed, with an idle_timeout
         self.timer: asyncio.TimerHandle | None = None  # backoff or fault delay
         self.trace: Trace | None = None  # its span, when tracing is on (_otel.py)
 
@@ -152,13 +158,13 @@ class Call:
     def cancel_timers(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.deadline = self.first_byte = self.idle = self.timer = None
+        self.deadline = self.first_byte = self.last_chunk = self.timer = None
 
 
 class Upstream(Carrier, asyncio.Protocol):
     """The relay's connection to one provider (reused while it stays open)."""
 
-    __slots__ = ("_next", "closed", "exchange", "pipe", "provider", "relay")
+    __slots__ = ("_next", "closed", "exchange", "pipe", "provider", "relay", "series", "source")
 
     def __init__(self, relay: Relay, provider: Provider, *, secure: bool) -> None:
         self.relay = relay
@@ -166,10 +172,11 @@ class Upstream(Carrier, asyncio.Protocol):
         self.closed = False
         self._next: Exchange | None = None
         self.exchange: Exchange | None = None  # the attempt on it now
+        # The metrics series of its last attempt, and that attempt's Source:
+        # the next attempt from the same Source has the same series.
+        self.series: Series | None = None
+        self.source: Source | None = None
         self.pipe = provider.open_pipe(self, self, self._pipe_closed, secure=secure)
-
-    def begin(self, exchange: Exchange) -> None:
-        self._next = self.exchange = exchange
 
     def take(self) -> Exchange | None:
         exchange, self._next = self._next, None
@@ -230,8 +237,16 @@ class Relay(asyncio.Transport):
         self._loop = loop
         self._stats = stats
         self._secure = secure
+        self._guards = traffic.guards  # never rebound (see Traffic)
+        self._calls = metrics.traffic["calls"].values if metrics is not None else None
+        self._attempt_finished_ = self._attempt_finished  # one bound method, not one per attempt
         self._upstreams: dict[str, Upstream] = {}
         self._call: Call | None = None
+        # The loop's clock: asyncio's own loops read time.monotonic(), so read it
+        # directly, and when the policies' clock is the same one, read it once
+        # for both (Rule 5).
+        self._time = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        self._one_clock = traffic.clock is self._time
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when it fires
         self.closed = False
@@ -254,95 +269,123 @@ class Relay(asyncio.Transport):
     def begin(self, call: Call) -> None:
         """The caller is about to send the request ``call`` describes."""
         self._call = call
-        guard = self._traffic.guards.get(call.candidates[0])
-        if guard is not None:
-            policy = guard.policy
-            if policy.fallback:
-                call.candidates += [n for n in policy.fallback if n not in call.candidates]
-            call.replay_limit = policy.replay_limit
-            if policy.timeout is not None:
-                call.deadline = when = self._loop.time() + policy.timeout
-                if self._timer is None or when < self._timer_at:
-                    self._arm(when)
-            fault = policy.fault
-            if fault is not None:
-                rng = self._traffic.rng
-                if fault.abort_ratio and rng.random() < fault.abort_ratio:
-                    self._traffic.count("rejected", call.provider, call.label, "fault")
-                    self._answer(call, fault.abort, "fault", None, "fault injected by policy")
-                    return
-                if fault.delay_ratio and rng.random() < fault.delay_ratio:
-                    call.timer = self._loop.call_later(fault.delay, self._try, call)
-                    return
-        self._try(call)
-
-    def _try(self, call: Call) -> None:
-        """Start an attempt on the current candidate, or move past it."""
-        call.timer = None
-        if call is not self._call or call.phase != _WAITING:
+        guard = self._guards.get(call.candidates[0])
+        if guard is None:  # a route's provider without a policy
+            call.replayable = False  # nothing to try again: keep nothing
+            self._try(call, None, None)
             return
-        traffic = self._traffic
+        call.candidates = guard.candidates
+        call.replay_limit = guard.replay_limit
+        if not guard.replays:
+            call.replayable = False
+        now = None
+        if guard.timeout is not None:
+            now = self._time()
+            call.deadline = when = now + guard.timeout
+            if self._timer is None or when < self._timer_at:
+                self._arm(when)
+        fault = guard.fault
+        if fault is not None:
+            rng = self._traffic.rng
+            if fault.abort_ratio and rng.random() < fault.abort_ratio:
+                self._traffic.count("rejected", call.provider, call.source, "fault")
+                self._answer(call, fault.abort, "fault", None, "fault injected by policy")
+                return
+            if fault.delay_ratio and rng.random() < fault.delay_ratio:
+                call.timer = self._loop.call_later(fault.delay, self._try_later, call)
+                return
+        self._try(call, guard, now)
+
+    def _try_later(self, call: Call) -> None:
+        """A timer's ``_try``: after a backoff or a fault's delay."""
+        call.timer = None
+        if call is self._call and call.phase == _WAITING:
+            self._try(call, self._guards.get(call.provider), None)
+
+    def _try(self, call: Call, guard: Guard | None, now: float | None) -> None:
+        """Start an attempt on the current candidate (whose guard is ``guard``),
+        or move past it. ``now``: the loop's time, if the caller just read it."""
         name = call.candidates[call.index]
-        guard = traffic.guards.get(name)
         provider = self._router._table.get(name)
         if provider is None or provider.state != RUNNING:
             if not self._again(call, "connect-failure", None):
                 self._answer(call, 503, "unavailable", None, f"provider {name!r} is not running")
             return
-        now = traffic.clock()
         generation = None
-        if guard is not None and guard.breaker is not None:
-            generation = guard.breaker.admit(now)
-            if generation is None:
-                traffic.count("rejected", name, call.label, "circuit_open")
-                if not self._fall_back(call):
-                    wait = guard.breaker.retry_after(now)
-                    self._answer(call, 503, "circuit-open", wait, f"circuit of {name!r} is open")
+        if guard is not None:
+            breaker = guard.breaker
+            if breaker is not None:
+                generation = breaker.closed_generation  # closed: no clock needed
+                if generation is None:
+                    generation = self._admit(call, guard, breaker)
+                    if generation is None:
+                        return
+            limit = guard.max_in_flight
+            if limit is not None and guard.in_flight >= limit:
+                self._overloaded(call, guard, generation)
                 return
-        if (
-            guard is not None
-            and guard.policy.max_in_flight is not None
-            and guard.in_flight >= guard.policy.max_in_flight
-        ):
-            if generation is not None and guard.breaker is not None:
-                guard.breaker.cancel(now, generation)  # never sent: no verdict
-            traffic.count("rejected", name, call.label, "overloaded")
-            if call.index > 0 and self._fall_back(call):
-                return
-            message = f"provider {name!r} has {guard.in_flight} requests in flight, its limit"
-            self._answer(call, 503, "overloaded", OVERLOADED_RETRY_AFTER, message)
-            return
         upstream = self._upstreams.get(name)
         if upstream is None or upstream.closed or upstream.provider is not provider:
             upstream = self._upstreams[name] = Upstream(self, provider, secure=self._secure)
         metrics = self._metrics
-        series = metrics.series(name, call.source) if metrics is not None else None
-        exchange = Exchange(name, call.source, call.api_key_id, call.method, series, metrics)
-        exchange.listener = self._attempt_finished
+        source = call.source
+        series = upstream.series
+        if (series is None or source != upstream.source) and metrics is not None:
+            series = upstream.series = metrics.series(name, source)
+            upstream.source = source
+        exchange = Exchange(name, source, call.api_key_id, call.method, series, metrics)
+        exchange.listener = self._attempt_finished_
         exchange.trace = call.trace  # an attempt: an event on the call's span
-        upstream.begin(exchange)
-        call.upstream, call.attempt = upstream, exchange
-        call.guard, call.generation = guard, generation
+        upstream._next = upstream.exchange = exchange  # what its server takes next
+        call.upstream = upstream
+        call.attempt = exchange
+        call.guard = guard
+        call.generation = generation
         call.phase = _HEAD
-        if call.head:
-            call.head.clear()
         if guard is not None:
             guard.in_flight += 1
-            if call.tries == 0 and guard.policy.retries:
-                guard.budget.request(now)  # a first attempt; a fallback's counts for its budget
-            limit = guard.policy.first_byte_timeout
-            if limit is not None:
-                call.first_byte = when = self._loop.time() + limit
+            if guard.retries and call.tries == 0:
+                # a first attempt; a fallback's counts for its budget
+                guard.budget.request(
+                    now if now is not None and self._one_clock else self._traffic.clock()
+                )
+            first_byte = guard.first_byte_timeout
+            if first_byte is not None:
+                call.first_byte = when = (self._time() if now is None else now) + first_byte
                 if self._timer is None or when < self._timer_at:
                     self._arm(when)
-        for chunk in call.sent:
-            upstream.write(chunk)
-        if not call.replayable:
-            self._forget(call)
+        if call.sent:
+            for chunk in call.sent:
+                upstream.write(chunk)
+            if not call.replayable:
+                self._forget(call)
         if self._writing_paused:
             self._resume_writer()
         if not self._reading:
             upstream.pipe.client.pause_reading()
+
+    def _admit(self, call: Call, guard: Guard, breaker: Breaker) -> int | None:
+        """Ask a breaker that is not closed for the attempt's generation; None:
+        refused, and the call has moved on (a fallback or an answer)."""
+        now = self._traffic.clock()
+        generation = breaker.admit(now)
+        if generation is None:
+            self._traffic.count("rejected", guard.name, call.source, "circuit_open")
+            if not self._fall_back(call):
+                wait = breaker.retry_after(now)
+                self._answer(call, 503, "circuit-open", wait, f"circuit of {guard.name!r} is open")
+        return generation
+
+    def _overloaded(self, call: Call, guard: Guard, generation: int | None) -> None:
+        name = guard.name
+        if generation is not None and guard.breaker is not None:
+            guard.breaker.cancel(self._traffic.clock(), generation)  # never sent: no verdict
+        call.generation = None
+        self._traffic.count("rejected", name, call.source, "overloaded")
+        if call.index > 0 and self._fall_back(call):
+            return
+        message = f"provider {name!r} has {guard.in_flight} requests in flight, its limit"
+        self._answer(call, 503, "overloaded", OVERLOADED_RETRY_AFTER, message)
 
     def _again(self, call: Call, reason: str, retry_after: float | None) -> bool:
         """The current attempt failed with ``reason`` before its head was
@@ -362,9 +405,9 @@ class Relay(asyncio.Transport):
                 and guard.budget.try_spend(traffic.clock())
             ):
                 self._end_attempt(call)
-                traffic.count("retries", call.provider, call.label, reason)
+                traffic.count("retries", call.provider, call.source, reason)
                 call.tries += 1
-                call.timer = self._loop.call_later(delay, self._try, call)
+                call.timer = self._loop.call_later(delay, self._try_later, call)
                 return True
         return wanted and self._fall_back(call)
 
@@ -373,17 +416,17 @@ class Relay(asyncio.Transport):
             return False
         self._end_attempt(call)
         fallback = call.candidates[call.index + 1]
-        self._traffic.count("fallbacks", call.provider, fallback, call.label)
+        self._traffic.count("fallbacks", call.provider, fallback, call.source)
         call.index += 1
         call.tries = 0
-        self._try(call)
+        self._try(call, self._guards.get(fallback), None)
         return True
 
     def _past_deadline(self, call: Call, delay: float | None) -> bool:
         return (
             call.deadline is not None
             and delay is not None
-            and self._loop.time() + delay >= call.deadline
+            and self._time() + delay >= call.deadline
         )
 
     def _end_attempt(self, call: Call, *, outcome: str | None = None) -> None:
@@ -393,7 +436,7 @@ class Relay(asyncio.Transport):
         upstream, exchange, guard = call.upstream, call.attempt, call.guard
         call.upstream = call.attempt = None
         call.phase = _WAITING
-        call.head.clear()
+        call.head = None
         call.first_byte = None
         if guard is not None and exchange is not None:
             guard.in_flight -= 1
@@ -421,41 +464,56 @@ class Relay(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """The caller's request bytes (the caller's protocol writes them)."""
-        if self.closed or not data:
+        call = self._call
+        if call is None or self.closed or not data:
             return
         if type(data) is not bytes:
             data = bytes(data)
-        call = self._call
-        if call is None or call.phase == _DONE:
-            return  # a request body after a synthetic answer: dropped
+        upstream = call.upstream
+        if upstream is None:
+            self._hold(call, data)
+            return
+        call.received = True
+        if call.replayable:
+            size = len(data)
+            kept = call.kept + size
+            if kept <= call.replay_limit:  # kept for a replay (Rule 3)
+                call.sent.append(data)
+                call.kept = kept
+                stats = self._stats
+                stats.buffered += size
+                if stats.buffered > stats.peak:
+                    stats.peak = stats.buffered
+            else:
+                call.replayable = False  # too large to replay: keep nothing more
+                self._forget(call)
+        upstream.pipe.client.write(data)
+
+    def _hold(self, call: Call, data: bytes) -> None:
+        """Request bytes while no attempt runs: kept until one starts (whether
+        or not they may be replayed), or dropped after a synthetic answer."""
+        if call.phase == _DONE:
+            return
         if call.phase == _ANSWERED:
             answer, call.pending_answer = call.pending_answer, None
             if answer is not None:
                 self._to_caller(answer)
                 self._done(call, COMPLETED)
             return
-        call.received += len(data)
-        if call.replayable and call.sent_size + len(data) > call.replay_limit:
-            call.replayable = False  # too large to replay (Rule 3): keep nothing more
-            if call.upstream is not None:
-                self._forget(call)
-        if call.replayable or call.upstream is None:  # kept for a replay, or until an attempt
-            call.sent.append(data)
-            size = len(data)
-            call.sent_size += size
-            call.kept += size
-            stats = self._stats
-            stats.buffered += size
-            if stats.buffered > stats.peak:
-                stats.peak = stats.buffered
-            if call.upstream is None and call.sent_size > call.replay_limit:
-                self._pause_writer()  # hold the upload until an attempt starts
-        if call.upstream is not None:
-            call.upstream.pipe.client.write(data)
+        call.received = True
+        size = len(data)
+        call.sent.append(data)
+        call.kept += size
+        stats = self._stats
+        stats.buffered += size
+        if stats.buffered > stats.peak:
+            stats.peak = stats.buffered
+        if call.kept > call.replay_limit:
+            call.replayable = False  # too large to replay (Rule 3)
+            self._pause_writer()  # and to hold: the upload waits until an attempt starts
 
     def _forget(self, call: Call) -> None:
-        """Drop the request bytes kept for a replay (counted in the mesh's
-        buffered bytes while kept)."""
+        """Drop the request bytes kept (counted in the mesh's buffered bytes while kept)."""
         self._stats.buffered -= call.kept
         call.kept = 0
         call.sent.clear()
@@ -470,63 +528,81 @@ class Relay(asyncio.Transport):
         if call is None or upstream is not call.upstream:
             return  # a dropped attempt's leftovers
         if call.phase == _COMMITTED:
-            if call.idle is not None:
-                call.last_chunk = self._loop.time()
+            if call.last_chunk is not None:
+                call.last_chunk = self._time()
             if self._reading and not self._delivering and not self._pending:
                 self._deliver(data)
             else:
                 self._to_caller(data)
             return
-        if call.head:
-            call.head += data
-            head: bytes | bytearray = call.head
-        else:
+        head: bytes | bytearray
+        if call.head is None:
             head = data  # the usual case: the whole head in one piece, no copy
-        end = head.find(b"\r\n\r\n")
+        else:
+            head = call.head
+            head += data
+        end = head.find(b"\r\n\r\n")  # not `in`: for bytes it tries int() first, and raises
         if end < 0 and len(head) < _MAX_HEAD:
             if head is data:
-                call.head += data
+                call.head = bytearray(data)
             return
         try:
             status = int(head[9:12])
         except ValueError:
             status = 0
         guard = call.guard
-        if guard is not None and guard.breaker is not None and call.generation is not None:
-            failed = status in guard.breaker.config.on
-            guard.breaker.record(self._traffic.clock(), call.generation, failed)
-            call.generation = None
-        retryable = guard is not None and status in guard.policy.retry_on and call.replayable
-        if retryable and self._again(call, str(status), _retry_after(bytes(head[:end]))):
-            return
-        self._commit(call, status, head)
-
-    def _commit(self, call: Call, status: int, head: bytes | bytearray) -> None:
+        if guard is not None:
+            generation = call.generation
+            if generation is not None and guard.breaker is not None:
+                breaker = guard.breaker
+                failed = status in breaker.config.on
+                if failed or breaker.closed_generation is None:  # else nothing changes
+                    breaker.record(self._traffic.clock(), generation, failed)
+                call.generation = None
+            if (
+                status in guard.retry_on
+                and call.replayable
+                and self._again(call, str(status), _retry_after(bytes(head[:end])))
+            ):
+                return
+        # Commit (Rule 2): the caller gets this attempt's response.
         call.phase = _COMMITTED
         call.status = status
-        if call.sent:
-            self._forget(call)
         call.replayable = False
         call.first_byte = None
-        guard = call.guard
-        if guard is not None and guard.policy.idle_timeout is not None:
-            call.idle = guard.policy.idle_timeout
-            call.last_chunk = self._loop.time()
-            when = call.last_chunk + call.idle
+        if call.kept:
+            self._stats.buffered -= call.kept  # _forget, inlined
+            call.kept = 0
+            call.sent.clear()
+        if guard is not None and guard.idle_timeout is not None:
+            call.last_chunk = last = self._time()
+            when = last + guard.idle_timeout
             if self._timer is None or when < self._timer_at:
                 self._arm(when)
-        if self._reading and not self._delivering and not self._pending:
-            self._deliver(head if type(head) is bytes else bytes(head))
-        else:
+        if head is not data:
+            call.head = None
             self._to_caller(head)
-        if head is call.head:
-            call.head = bytearray()
+        elif self._reading and not self._delivering and not self._pending:
+            self._delivering = True  # _deliver, inlined: the one hop of a unary response
+            try:
+                self._client.data_received(data)
+            except Exception as exc:
+                self._protocol_failed(exc)
+            finally:
+                self._delivering = False
+            if self._pending and self._reading:
+                self._loop.call_soon(self._flush)
+        else:
+            self._to_caller(data)
 
     def _attempt_finished(self, exchange: Exchange) -> None:
         call = self._call
-        if call is None or exchange is not call.attempt:
-            return
-        if call.phase == _COMMITTED and exchange.outcome == COMPLETED:
+        if (
+            call is not None
+            and exchange is call.attempt
+            and call.phase == _COMMITTED
+            and exchange.outcome == COMPLETED
+        ):
             if self._pending:
                 self._when_flushed(lambda: self._done(call, COMPLETED))
             else:
@@ -573,33 +649,31 @@ class Relay(asyncio.Transport):
         call = self._call
         if call is None or call.phase in (_DONE, _ANSWERED):
             return
-        now = self._loop.time()
+        now = self._time()
+        idle_at = _idle_at(call)
         if call.deadline is not None and now >= call.deadline:
             self._deadline(call)
         elif call.phase == _HEAD and call.first_byte is not None and now >= call.first_byte:
             self._first_byte_late(call)
-        elif (
-            call.phase == _COMMITTED
-            and call.idle is not None
-            and now - call.last_chunk >= call.idle
-        ):
-            self._traffic.count("timeouts", call.provider, call.label, "idle")
-            self._cut(call, f"provider {call.provider!r} sent nothing for {call.idle:g}s")
+        elif idle_at is not None and now >= idle_at and call.guard is not None:
+            idle = call.guard.idle_timeout
+            self._traffic.count("timeouts", call.provider, call.source, "idle")
+            self._cut(call, f"provider {call.provider!r} sent nothing for {idle:g}s")
         call = self._call  # what is left to watch, for this call or the next
         if call is None or call.phase in (_DONE, _ANSWERED):
             return
         pending = [call.deadline]
         if call.phase == _HEAD:
             pending.append(call.first_byte)
-        elif call.phase == _COMMITTED and call.idle is not None:
-            pending.append(call.last_chunk + call.idle)
+        else:
+            pending.append(_idle_at(call))
         times = [t for t in pending if t is not None]
         if times:
             self._arm(min(times))
 
     def _first_byte_late(self, call: Call) -> None:
         call.first_byte = None
-        self._traffic.count("timeouts", call.provider, call.label, "first_byte")
+        self._traffic.count("timeouts", call.provider, call.source, "first_byte")
         guard = call.guard
         if guard is not None and guard.breaker is not None and call.generation is not None:
             failed = "first-byte-timeout" in guard.breaker.config.on
@@ -615,7 +689,7 @@ class Relay(asyncio.Transport):
 
     def _deadline(self, call: Call) -> None:
         call.deadline = None
-        self._traffic.count("timeouts", call.provider, call.label, "total")
+        self._traffic.count("timeouts", call.provider, call.source, "total")
         if call.phase == _COMMITTED:
             self._cut(call, "the request's timeout passed mid-response")
             return
@@ -649,16 +723,19 @@ class Relay(asyncio.Transport):
     def _done(self, call: Call, outcome: str) -> None:
         if call.phase == _DONE:
             return
-        if call.upstream is not None:
-            if call.guard is not None and call.attempt is not None:
-                call.guard.in_flight -= 1
+        if call.upstream is not None:  # an attempt runs (and so has its attempt)
             call.upstream = call.attempt = None
+            if call.guard is not None:
+                call.guard.in_flight -= 1
         call.phase = _DONE
         if call.timer is not None:
             call.cancel_timers()
         if call.sent:
             self._forget(call)
-        self._traffic.count("calls", call.target, call.label, str(call.status), outcome)
+        calls = self._calls  # meshbridge_calls_total (Traffic.count, inlined)
+        if calls is not None:
+            key = (call.target, call.source or "none", str(call.status), outcome)
+            calls[key] = calls.get(key, 0) + 1
         if call.trace is not None:
             call.trace.end(call.provider, call.status, outcome)
         if self._call is call:
@@ -760,15 +837,19 @@ class Relay(asyncio.Transport):
         self._delivering = True
         try:
             self._client.data_received(chunk)
-        except Exception as exc:  # a protocol bug must not unwind into the provider
-            self._loop.call_exception_handler(
-                {"message": "meshbridge relay: data_received failed", "exception": exc}
-            )
-            self._lose(ConnectionResetError("the caller's protocol failed"))
+        except Exception as exc:
+            self._protocol_failed(exc)
         finally:
             self._delivering = False
         if self._pending and self._reading:
             self._loop.call_soon(self._flush)
+
+    def _protocol_failed(self, exc: Exception) -> None:
+        # a protocol bug must not unwind into the provider
+        self._loop.call_exception_handler(
+            {"message": "meshbridge relay: data_received failed", "exception": exc}
+        )
+        self._lose(ConnectionResetError("the caller's protocol failed"))
 
     def _flush(self) -> None:
         while self._pending and self._reading and not self._delivering and not self.closed:
@@ -803,6 +884,15 @@ class Relay(asyncio.Transport):
         call = self._call
         if call is not None and upstream is call.upstream:
             self._resume_writer()
+
+
+def _idle_at(call: Call) -> float | None:
+    """When a committed call's ``idle_timeout`` passes, unless a chunk comes first."""
+    guard = call.guard
+    if call.phase != _COMMITTED or call.last_chunk is None or guard is None:
+        return None
+    idle = guard.idle_timeout
+    return None if idle is None else call.last_chunk + idle
 
 
 def _retry_after(head: bytes) -> float | None:

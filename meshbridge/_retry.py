@@ -60,7 +60,18 @@ class RetryBudget:
         ValueError: an argument is out of range.
     """
 
-    __slots__ = ("_first", "_floor", "_newest", "_ratio", "_requests", "_retries", "_width")
+    __slots__ = (
+        "_first",
+        "_floor",
+        "_from",
+        "_newest",
+        "_ratio",
+        "_requests",
+        "_retries",
+        "_slot",
+        "_until",
+        "_width",
+    )
 
     def __init__(self, ratio: float, floor: float, window: float = 10.0) -> None:
         self._ratio = _check("ratio", ratio)
@@ -72,12 +83,14 @@ class RetryBudget:
         self._retries = [0] * buckets
         self._newest = 0  # the absolute number of the bucket holding the latest `now`
         self._first: float | None = None  # the time of the first call
+        # The newest bucket's times [from, until) and index, for request()'s
+        # common case; empty until the first call.
+        self._from, self._until, self._slot = math.inf, -math.inf, 0
 
     def request(self, now: float) -> None:
         """Count one caller request at monotonic time ``now`` (Rule 1)."""
-        newest = self._newest
-        if self._first is not None and newest * self._width <= now < (newest + 1) * self._width:
-            self._requests[newest % len(self._requests)] += 1  # the common case: same bucket
+        if self._from <= now < self._until:
+            self._requests[self._slot] += 1  # the common case: the newest bucket
             return
         self._requests[self._advance(now) % len(self._requests)] += 1
 
@@ -110,8 +123,12 @@ class RetryBudget:
             for stale in range(self._newest + 1, min(bucket, self._newest + buckets) + 1):
                 self._requests[stale % buckets] = self._retries[stale % buckets] = 0
             self._newest = bucket
-        # a clock that stepped back counts in the newest bucket
-        return self._newest
+        else:
+            return self._newest  # a clock that stepped back counts in the newest bucket
+        newest = self._newest
+        self._from, self._until = newest * self._width, (newest + 1) * self._width
+        self._slot = newest % len(self._requests)
+        return newest
 
 
 def _check(name: str, value: float, *, positive: bool = False) -> float:

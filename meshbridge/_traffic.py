@@ -32,9 +32,30 @@ Clock = Callable[[], float]
 
 
 class Guard:
-    """One provider's policy and what it has seen."""
+    """One provider's policy and what it has seen.
 
-    __slots__ = ("breaker", "budget", "in_flight", "name", "policy")
+    The policy's fields the relay reads on every request are copied flat
+    onto the guard (a changed policy gets a new guard), so that an idle
+    policy costs one attribute read per knob.
+    """
+
+    __slots__ = (
+        "breaker",
+        "budget",
+        "candidates",
+        "fault",
+        "first_byte_timeout",
+        "idle_timeout",
+        "in_flight",
+        "max_in_flight",
+        "name",
+        "policy",
+        "replay_limit",
+        "replays",
+        "retries",
+        "retry_on",
+        "timeout",
+    )
 
     def __init__(self, name: str, policy: Policy, metrics: MeshMetrics | None) -> None:
         self.name = name
@@ -50,9 +71,21 @@ class Guard:
                     counts.inc(name, to)
 
             self.breaker = Breaker(policy.circuit_breaker, on_transition=transition)
+        # Flat copies for the relay's every request (see the docstring).
+        self.candidates = (name, *[n for n in policy.fallback if n != name])  # in the order tried
+        self.timeout = policy.timeout
+        self.first_byte_timeout = policy.first_byte_timeout
+        self.idle_timeout = policy.idle_timeout
+        self.max_in_flight = policy.max_in_flight
+        self.retries = policy.retries
+        self.retry_on = policy.retry_on
+        self.replay_limit = policy.replay_limit
+        self.fault = policy.fault
+        # Whether a call may be tried again at all, so that its request is worth keeping.
+        self.replays = bool(policy.retries or policy.fallback)
 
     def overloaded(self) -> bool:
-        limit = self.policy.max_in_flight
+        limit = self.max_in_flight
         return limit is not None and self.in_flight >= limit
 
 
@@ -76,7 +109,8 @@ class Traffic:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
-        # Read on every request by the connector and the relay (plain dicts).
+        # Read on every request by the connector and the relay (plain dicts;
+        # `guards` is changed in place, never rebound: relays keep a reference).
         self.guards: dict[str, Guard] = {}
         self.route_table: dict[str, Route] = {}
         if metrics is not None:
