@@ -28,20 +28,26 @@ from benchmarks.workloads import WORKLOADS
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The contenders whose in-memory pipe the slow reader can measure.
-WITH_PIPE = {"meshbridge", "meshbridge-nometrics", "pipe"}
 
-
-def test_smoke_run_reports_every_contender_on_every_workload(tmp_path: Path) -> None:
-    out = tmp_path / "smoke.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--json", str(out)],
+def run_benchmarks(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks ARGS`` as CI runs it, from the repository's top."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+# The contenders whose in-memory pipe the slow reader can measure.
+WITH_PIPE = {"meshbridge", "meshbridge-nometrics", "pipe"}
+
+
+def test_smoke_run_reports_every_contender_on_every_workload(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    done = run_benchmarks("--smoke", "--json", str(out))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "x tcp" in done.stdout
 
@@ -132,14 +138,9 @@ async def test_the_floor_answers_with_the_bytes_aiohttp_sends_for_the_benchmark_
 def test_the_version_table_has_a_row_for_each_target_and_a_column_per_python(
     tmp_path: Path,
 ) -> None:
-    argv = [sys.executable, "-m", "benchmarks", "versions", "--smoke", "--rounds", "1"]
-    done = subprocess.run(
-        [*argv, "--python", sys.executable, "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = run_benchmarks(
+        *("versions", "--smoke", "--rounds", "1"),
+        *("--python", sys.executable, "--out", str(tmp_path)),
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     version = platform.python_version()
@@ -163,14 +164,7 @@ def test_the_version_table_has_a_row_for_each_target_and_a_column_per_python(
 
 def test_a_quick_soak_counts_every_request_by_outcome_and_leaves_nothing(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "soak", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_benchmarks("soak", "--quick", "--json", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.rstrip().endswith("OK"), done.stdout[-3000:]
     assert done.stderr == "", done.stderr[-3000:]  # no traceback, no log line, no warning
@@ -208,14 +202,7 @@ def test_a_count_that_differs_from_the_requests_made_is_named_by_source_and_outc
 
 def test_the_cost_of_traffic_policies_is_measured(tmp_path: Path) -> None:
     out = tmp_path / "policies.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "policies", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_benchmarks("policies", "--quick", "--json", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stderr == ""
     figures = json.loads(out.read_text())
