@@ -18,16 +18,19 @@ from ._exceptions import ConfigError, MeshError, MeshNotRunning, MissingAPIKeyID
 from ._exchange import api_key_id_of, record_tokens, source_of
 from ._mesh import Mesh
 from ._policy import CircuitBreaker, Fault, Policy, Route
+from ._record import CallRecord, LedgerSink
 from ._routing import check_name as check_provider_name
 from ._source import Source, check_api_key_id, use_api_key_id, use_source
 from ._synthetic import ERROR_BODY, ErrorBody
 
 __all__ = [
     "ERROR_BODY",
+    "CallRecord",
     "CircuitBreaker",
     "ConfigError",
     "ErrorBody",
     "Fault",
+    "LedgerSink",
     "Mesh",
     "MeshConnector",
     "MeshError",
