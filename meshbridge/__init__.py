@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ._connector import MeshConnector
 from ._exceptions import ConfigError, MeshError, MeshNotRunning, MissingAPIKeyID, ProviderNotFound
-from ._exchange import api_key_id_of, record_tokens, source_of
+from ._exchange import api_key_id_of, record_tokens, report_connect_failure, source_of
 from ._mesh import Mesh
 from ._policy import CircuitBreaker, Fault, Policy, Route
 from ._record import CallRecord, LedgerSink
@@ -44,6 +44,7 @@ __all__ = [
     "check_api_key_id",
     "check_provider_name",
     "record_tokens",
+    "report_connect_failure",
     "source_of",
     "use_api_key_id",
     "use_client",

@@ -21,7 +21,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ._call import Calls
 from ._connector import MeshConnector
-from ._metrics import MeshMetrics
+from ._metrics import Family, MeshMetrics
 from ._pipe import PipeStats
 from ._policy import Policy, Route
 from ._provider import Provider
@@ -95,7 +95,7 @@ class Mesh:
             if clock is None
             else Traffic(self._metrics, rng=rng, clock=clock)
         )
-        self._calls = Calls(self._metrics.traffic["calls"].values if self._metrics else None)
+        self._calls = Calls(self._metrics.traffic[Family.CALLS].values if self._metrics else None)
         if ledger is not None:
             if not isinstance(ledger, LedgerSink):
                 raise TypeError(f"ledger must have record(), start() and aclose(), got {ledger!r}")

@@ -34,7 +34,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from meshbridge import ERROR_BODY
+from meshbridge import ERROR_BODY, report_connect_failure
 
 from ._calls import last_user_prompt, tool_calls
 from ._kind import ProviderContext
@@ -118,6 +118,10 @@ def parse_proxy_options(reader: OptionReader) -> ProxyOptions:
 def count(value: object) -> int:
     """A token count from an upstream's JSON: a non-negative int, else 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+# The upstream was never reached: traffic policies' "connect-failure".
+CONNECT_FAILURES: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class Watcher:
@@ -273,6 +277,8 @@ class Proxy:
                 504, f"upstream {host} did not answer within {self.options.timeout:g}s"
             )
         except aiohttp.ClientError as exc:
+            if isinstance(exc, CONNECT_FAILURES):
+                report_connect_failure(request)  # refused, DNS, TLS, connect timeout
             return self.error(502, f"upstream {host} unreachable: {exc.__class__.__name__}: {exc}")
         try:
             if upstream.status == 200 and upstream.content_type == "text/event-stream":

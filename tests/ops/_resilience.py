@@ -8,7 +8,7 @@ Resilience row charts fires again and again, a bounded batch of requests every
 
 - ``flaky`` answers 503 to every other request: a retry serves the caller.
 - ``primary`` answers 529: its circuit opens, ``backup`` carries its traffic.
-- ``broken`` answers 503 with no fallback: callers get 503 (``circuit_open``).
+- ``broken`` answers 503 with no fallback: callers get 503 (``circuit-open``).
 - ``slow``, ``stalling`` and ``dribbling`` run past their first-byte, idle and
   total timeouts; ``limited`` gets more requests than its ``max_in_flight``;
   ``faulty`` aborts half of its requests by fault injection.

@@ -55,6 +55,7 @@ FILTERS = {
     "meshbridge_calls_total": ('target=~"$provider"', SOURCE),
     "meshbridge_circuit_state": (PROVIDER,),
     "meshbridge_circuit_transitions_total": (PROVIDER,),
+    "meshbridge_policy_in_flight": (PROVIDER,),
     "meshbridge_route_requests_total": (PROVIDER,),
 }
 

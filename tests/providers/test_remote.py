@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from meshbridge import ConfigError, Mesh, Policy
+from meshbridge import CircuitBreaker, ConfigError, Mesh, Policy
 from meshbridge.providers import (
     PEER_HEADER,
     NonceCache,
@@ -287,6 +287,47 @@ async def test_policies_apply_to_a_remote_provider(mesh: Mesh, closed_port: int)
          "outcome": "completed"},
     )  # fmt: skip
     assert retried == 2
+
+
+CONNECT_ONLY = Policy(
+    retries=1,
+    retry_backoff=(0.001, 0.001),
+    retry_on=frozenset({"connect-failure"}),
+    circuit_breaker=CircuitBreaker(failures=2, on=frozenset({"connect-failure"})),
+)
+
+
+async def connect_failures(mesh: Mesh) -> tuple[float, float]:
+    """Two calls, then the retries counted as connect failures and the circuit state."""
+    async with mesh.session(source="agents") as s:
+        async with s.get("http://billing/v1/x") as r:
+            assert r.status == 502
+        async with s.get("http://billing/v1/x") as r:
+            await r.read()
+    labels = {"provider": "billing", "source": "agents", "reason": "connect-failure"}
+    retries = mesh.registry.get_sample_value("meshbridge_retries_total", labels) or 0.0
+    state = mesh.registry.get_sample_value("meshbridge_circuit_state", {"provider": "billing"})
+    return retries, state or 0.0
+
+
+async def test_a_refused_connection_is_a_connect_failure_that_opens_the_breaker(
+    mesh: Mesh, closed_port: int
+) -> None:
+    await start(mesh, f"http://127.0.0.1:{closed_port}/billing", policy=CONNECT_ONLY)
+    assert await connect_failures(mesh) == (1.0, 1.0)  # retried once, then open
+
+
+async def test_a_name_that_does_not_resolve_is_a_connect_failure(mesh: Mesh) -> None:
+    await start(mesh, "http://billing.nowhere.invalid/billing", policy=CONNECT_ONLY)
+    assert await connect_failures(mesh) == (1.0, 1.0)
+
+
+async def test_a_tls_handshake_that_fails_is_a_connect_failure(
+    mesh: Mesh, aiohttp_server: Any, ca: trustme.CA
+) -> None:
+    server = await tls_upstream(aiohttp_server, ca)  # a certificate we do not trust
+    await start(mesh, server, policy=CONNECT_ONLY)
+    assert await connect_failures(mesh) == (1.0, 1.0)
 
 
 async def test_no_answer_within_timeout_is_a_504(mesh: Mesh, upstream: Upstream) -> None:
