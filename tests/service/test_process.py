@@ -21,6 +21,8 @@ from meshbridge.service import Service, load_config, pid_file_for
 from .conftest import Run
 from .test_cli import scrape, text, wait_for
 
+pytestmark = pytest.mark.integration
+
 TOKEN = "a-token-for-the-process-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STREAM = {

@@ -25,6 +25,8 @@ from .conftest import Run
 from .test_cli import scrape, text, wait_for
 from .test_process import AUTH, CONFIG, GRACE, STREAM
 
+pytestmark = pytest.mark.integration
+
 QUICK = {**STREAM, "stream": False}
 K = 20  # requests counted in the metrics test
 
