@@ -31,8 +31,15 @@ REPOSITORY_ONLY = {".ci/run", ".gitignore", "MANIFEST.in"}
 
 def test_importing_the_core_loads_no_other_layer_and_no_toml_parser() -> None:
     script = "import sys, meshbridge; print('\\n'.join(sorted(sys.modules)))"
+    # as a user's interpreter loads it: without coverage's measurement (make pytest)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     loaded = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=env,
     ).stdout.split()
     assert "meshbridge" in loaded
     assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib"))]
