@@ -143,9 +143,11 @@ def sign_identity(
     Args:
         secret: the shared secret of ``key_id``.
         key_id: the verifier's name for ``secret``.
-        method, target: the request's method and its target as it goes on the
-            wire (``/path?query``, percent-encoded as sent).
-        source, api_key_id: the caller's, or None.
+        method: the request's method.
+        target: the request's target as it goes on the wire (``/path?query``,
+            percent-encoded as sent).
+        source: the caller's Source, or None.
+        api_key_id: the caller's API key id, or None.
         now: the current Unix time.
         nonce: a fresh random value (``secrets.token_urlsafe(16)``).
     """

@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from benchmarks.apps import aiohttp_app
@@ -25,6 +26,8 @@ from benchmarks.floor import CannedApp
 from benchmarks.soak_check import compare
 from benchmarks.versions import ROWS
 from benchmarks.workloads import WORKLOADS
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 

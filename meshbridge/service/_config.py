@@ -38,7 +38,7 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 
 from meshbridge import ConfigError, Policy, Route, Source, check_api_key_id, check_provider_name
-from meshbridge.providers import Kind, OptionReader, Plan, ProviderContext, kinds
+from meshbridge.providers import KeyRead, Kind, OptionReader, Plan, ProviderContext, kinds
 
 from ._peer_auth import PeerConfig, parse_peers
 from ._policies import check_names, parse_policy, parse_route
@@ -287,8 +287,14 @@ def parse_config(
     environ: Mapping[str, str] | None = None,
     *,
     require_env: bool = True,
+    reads: list[KeyRead] | None = None,
 ) -> Config:
-    """Validate a config already read from TOML (see :func:`load_config`)."""
+    """Validate a config already read from TOML (see :func:`load_config`).
+
+    ``reads``, when given, gets a :class:`~meshbridge.providers.KeyRead` for
+    every key the parsers asked for (present or not): the config reference
+    of the documentation is generated from it.
+    """
     environ = os.environ if environ is None else environ
     deep = too_deep(data)
     if deep is not None:
@@ -296,7 +302,7 @@ def parse_config(
     errors: Problems = []
     missing: list[tuple[str, str]] = []
     top = OptionReader(data, "", environ=environ, errors=errors, require_env=require_env,
-                       missing_env=missing)  # fmt: skip
+                       missing_env=missing, reads=reads)  # fmt: skip
     tables_seen = data.get("providers")
     names = list(tables_seen) if isinstance(tables_seen, Mapping) else None
     server = _server(top.child(top.table("server") or {}, "server"), errors, names)

@@ -94,8 +94,10 @@ class Service:
 
     Args:
         config: the validated config.
-        host, port: where to listen (the config's ``server.listen`` by default;
-            port 0 picks a free one, see :attr:`url`).
+        host: where to listen (the host of the config's ``server.listen`` by
+            default).
+        port: where to listen (the port of ``server.listen`` by default; 0
+            picks a free one, see :attr:`url`).
         registry: the metrics registry (a new one by default).
         reuse_port: listen with ``SO_REUSEPORT`` (a worker of ``serve --workers``).
         admin: where the admin listener listens, instead of ``server.admin_listen``

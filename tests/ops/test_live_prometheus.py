@@ -30,6 +30,9 @@ from ._promql import (
 )
 from ._stack import Demo, Prometheus, PromQLError, run_tool, wait_for
 
+# One worker runs them all: they share the session's demo and Prometheus.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ops")]
+
 # How long the workload gets to produce every series the dashboard charts
 # (time to first token, config reloads...). A bound, not an expectation.
 DATA_TIMEOUT = 45

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
@@ -33,6 +34,13 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
         await service.aclose()
 
 
+def untraced_env() -> dict[str, str]:
+    """The environment without coverage's subprocess measurement: these
+    processes run under wall-clock bounds (grace periods), which the
+    measurement's overhead would stretch."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+
+
 class Run(Protocol):
     async def __call__(self, *args: str) -> tuple[asyncio.subprocess.Process, Path]: ...
 
@@ -55,8 +63,9 @@ async def run(tmp_path: Path, runtime_dir: Path) -> AsyncIterator[Run]:
         log = tmp_path / f"process-{len(processes)}.log"
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "meshbridge", *args, stdout=out, stderr=out, cwd=tmp_path
-            )
+                sys.executable, "-m", "meshbridge", *args, stdout=out, stderr=out, cwd=tmp_path,
+                env=untraced_env(),
+            )  # fmt: skip
         processes.append(process)
         return process, log
 

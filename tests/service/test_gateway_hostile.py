@@ -328,6 +328,7 @@ async def test_a_head_not_complete_within_header_timeout_is_closed(
     assert all(line["outcome"] == "timeout" and line["path"] is None for line in timeouts)
 
 
+@pytest.mark.integration  # a real process
 def test_a_slowloris_on_a_real_serve_process_is_dropped_while_others_are_served() -> None:
     """`python -m benchmarks slowloris`, small: it starts `meshbridge serve`
     and exits 1 if a connection outlives header_timeout (+1 s) or a normal

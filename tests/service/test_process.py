@@ -21,6 +21,9 @@ from meshbridge.service import Service, load_config, pid_file_for
 from .conftest import Run
 from .test_cli import scrape, text, wait_for
 
+# serve processes with wall-clock bounds: one xdist worker runs them one after another
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("serve-processes")]
+
 TOKEN = "a-token-for-the-process-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STREAM = {

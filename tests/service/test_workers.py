@@ -25,6 +25,9 @@ from .conftest import Run
 from .test_cli import scrape, text, wait_for
 from .test_process import AUTH, CONFIG, GRACE, STREAM
 
+# serve processes with wall-clock bounds: one xdist worker runs them one after another
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("serve-processes")]
+
 QUICK = {**STREAM, "stream": False}
 K = 20  # requests counted in the metrics test
 

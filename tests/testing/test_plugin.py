@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 INI = """
 [pytest]
 asyncio_mode = auto
