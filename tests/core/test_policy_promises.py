@@ -140,7 +140,7 @@ async def test_a_probe_answered_with_a_5xx_fails_even_when_on_does_not_name_it(
 ) -> None:
     clock = Clock()
     mesh = await make_mesh({"llm": answering(503, 500)}, clock=clock)
-    breaker = CircuitBreaker(failures=1, open_for=10.0, half_open=1, on=[503])
+    breaker = CircuitBreaker(failures=1, open_for=10.0, half_open=1, on=frozenset({503}))
     mesh.set_policy("llm", Policy(circuit_breaker=breaker))
     async with mesh.session() as session:
         assert await status_of(session, "http://llm/") == (503, None)  # opens it
@@ -190,7 +190,7 @@ async def test_a_provider_that_reports_a_connect_failure_counts_as_one(
     app = app_with(web.get("/", unreachable))
     app[ENTERED] = []
     mesh = await make_mesh({"llm": app}, clock=Clock())
-    breaker = CircuitBreaker(failures=2, on=["connect-failure"])  # not 502
+    breaker = CircuitBreaker(failures=2, on=frozenset({"connect-failure"}))  # not 502
     policy = Policy(retries=1, retry_on=["connect-failure"], circuit_breaker=breaker, **FAST)  # type: ignore[arg-type]
     mesh.set_policy("llm", policy)
     async with mesh.session() as session:
@@ -206,7 +206,7 @@ async def test_a_502_without_a_reported_connect_failure_is_only_a_status(
 ) -> None:
     mesh = await make_mesh({"llm": answering(502, 502, 502)}, clock=Clock())
     mesh.set_policy(
-        "llm", Policy(circuit_breaker=CircuitBreaker(failures=2, on=["connect-failure"]))
+        "llm", Policy(circuit_breaker=CircuitBreaker(failures=2, on=frozenset({"connect-failure"})))
     )
     async with mesh.session() as session:
         for _ in range(3):  # a header cannot claim a connect failure: only the handler can
