@@ -14,7 +14,14 @@ build on it.
 from __future__ import annotations
 
 from ._connector import MeshConnector
-from ._exceptions import ConfigError, MeshError, MeshNotRunning, MissingAPIKeyID, ProviderNotFound
+from ._exceptions import (
+    ConfigError,
+    MeshError,
+    MeshNotRunning,
+    MissingAPIKeyID,
+    ProviderNotFound,
+    StreamBroken,
+)
 from ._exchange import api_key_id_of, record_tokens, report_connect_failure, source_of
 from ._mesh import Mesh
 from ._policy import CircuitBreaker, Fault, Policy, Route
@@ -40,6 +47,7 @@ __all__ = [
     "ProviderNotFound",
     "Route",
     "Source",
+    "StreamBroken",
     "api_key_id_of",
     "check_api_key_id",
     "check_provider_name",

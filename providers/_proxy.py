@@ -34,7 +34,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from meshbridge import ERROR_BODY, report_connect_failure
+from meshbridge import ERROR_BODY, StreamBroken, report_connect_failure
 
 from ._calls import last_user_prompt, tool_calls
 from ._kind import ProviderContext
@@ -203,7 +203,7 @@ def event_payload(data: bytes) -> JSON:
     return value
 
 
-class UpstreamStreamError(Exception):
+class UpstreamStreamError(StreamBroken):
     """The upstream stream broke after the answer started (the caller's read fails)."""
 
 

@@ -50,7 +50,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from meshbridge import api_key_id_of, report_connect_failure, source_of
+from meshbridge import StreamBroken, api_key_id_of, report_connect_failure, source_of
 
 from ._kind import Kind, ProviderContext
 from ._options import OptionReader
@@ -150,7 +150,7 @@ def parse_options(reader: OptionReader) -> RemoteOptions:
     )
 
 
-class RemoteStreamError(Exception):
+class RemoteStreamError(StreamBroken):
     """The upstream's body broke after the answer started (the caller's read fails)."""
 
 
