@@ -114,6 +114,7 @@ class Call:
         "trace",
         "ttfb",
         "usage",
+        "watched",
     )
 
     def __init__(
@@ -144,16 +145,14 @@ class Call:
         self.duration = 0.0
         self.ended = False
         self.trace: Trace | None = None  # its span, when tracing is on (_otel.py)
+        # Whether its attempts' handlers are counted (Rule 3): a ledger listens,
+        # or (set with its span) it is traced.
+        self.watched = calls.watched
         self.usage: Usage | None = None
         self._inside = 0  # handlers of its attempts running (Rule 3)
         self._finished = False
         self._ended_ns: int | None = None  # when it ended, if it finishes later
         self.started = perf_counter()
-
-    @property
-    def watched(self) -> bool:
-        """Whether its attempts' handlers are to be counted (Rule 3)."""
-        return self.trace is not None or self._calls.watched
 
     def answered(self) -> None:
         """The caller's response head is decided (the first byte it gets)."""
@@ -173,7 +172,8 @@ class Call:
             key = (self.target, self.source or "none", str(status), outcome)
             counts[key] = counts.get(key, 0) + 1
         if not self._inside:
-            self._finish()
+            if self.watched:
+                self._finish()
         elif self.trace is not None:
             self._ended_ns = time_ns()  # the span ends at the call's end (Rule 3)
 

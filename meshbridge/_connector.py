@@ -138,6 +138,7 @@ class MeshConnector(ConnectorBase):
         tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
         if tracing is not None:
             call.trace = tracing.start(req, name, source, method, relayed=channel.governed)
+            call.watched = True
         channel.begin(call, req)
         return conn
 

@@ -19,7 +19,7 @@ from ._traffic import Guard, Live
 if TYPE_CHECKING:  # the relay's connection to a provider, which calls back the relay
     from ._upstream import Upstream
 
-__all__ = ["TIMED", "Dispatch", "Phase"]
+__all__ = ["NEXT", "TIMED", "Dispatch", "Phase"]
 
 _DEFAULT_REPLAY_LIMIT: Final = 65536
 
@@ -35,7 +35,7 @@ class Phase(IntEnum):
 
 
 # The phases that may follow each phase; any other move is a bug of the relay.
-_NEXT: Final = {
+NEXT: Final = {
     Phase.WAITING: frozenset({Phase.HEAD, Phase.ANSWERED, Phase.DONE}),
     Phase.HEAD: frozenset({Phase.WAITING, Phase.COMMITTED, Phase.ANSWERED, Phase.DONE}),
     Phase.COMMITTED: frozenset({Phase.DONE}),
@@ -104,10 +104,6 @@ class Dispatch:
     def retried(self) -> bool:
         """The mesh retried or failed over for this call, or chose not to (Rule 8)."""
         return self.tries > 0 or self.index > 0 or self.refused
-
-    def move(self, phase: Phase) -> None:
-        assert phase in _NEXT[self.phase], f"relay: {self.phase!r} -> {phase!r}"
-        self.phase = phase
 
     def idle_at(self) -> float | None:
         """When a committed call's ``idle_timeout`` passes, unless a chunk comes first."""

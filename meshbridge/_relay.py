@@ -58,13 +58,14 @@ Rules of the relay:
 from __future__ import annotations
 
 from functools import partial
+from time import perf_counter
 
 from aiohttp import ClientRequest
 
 from ._call import Call
-from ._dispatch import TIMED, Dispatch, Phase
+from ._dispatch import NEXT, TIMED, Dispatch, Phase
 from ._exchange import COMPLETED, ERROR, Exchange
-from ._heads import MAX_HEAD, SDK_RETRIES, head_end, retry_after, status_of, without_sdk_retries
+from ._heads import MAX_HEAD, SDK_RETRIES, retry_after, without_sdk_retries
 from ._metrics import Family
 from ._provider import RUNNING
 from ._reasons import Reason
@@ -98,7 +99,8 @@ class Relay(RelayEnds):
         if guard.timeout is not None:
             now = self._time()
             d.deadline = when = now + guard.timeout
-            self._arm(when)
+            if self._timer is None or when < self._timer_at:
+                self._arm(when)
         fault = guard.fault
         if fault is not None:
             rng = self._traffic.rng
@@ -143,7 +145,9 @@ class Relay(RelayEnds):
                 message = f"provider {name!r} is not running"
                 self._answer(d, 503, Reason.UNAVAILABLE, None, message)
             return
-        upstream = self.upstream(provider)
+        upstream = self._upstreams.get(name)
+        if upstream is None or upstream.closed or upstream.provider is not provider:
+            upstream = self.upstream(provider)
         metrics = self._metrics
         source = call.source
         series = upstream.series
@@ -155,7 +159,8 @@ class Relay(RelayEnds):
         d.upstream = upstream
         d.attempt = exchange
         d.guard = guard
-        d.move(Phase.HEAD)
+        assert Phase.HEAD in NEXT[d.phase], d.phase
+        d.phase = Phase.HEAD
         if guard is not None:
             d.live = guard.live
             guard.live.in_flight += 1
@@ -166,13 +171,15 @@ class Relay(RelayEnds):
             first_byte = guard.first_byte_timeout
             if first_byte is not None:
                 d.first_byte = when = (self._time() if now is None else now) + first_byte
-                self._arm(when)
+                if self._timer is None or when < self._timer_at:
+                    self._arm(when)
         if d.sent:
             for chunk in d.sent:
                 upstream.pipe.client.write(chunk)
             if not d.replayable:
                 d.forget(self._stats)
-        self._caller.resume_reading()  # held while no attempt ran (_hold)
+        if self._holding:
+            self._hold_caller(False)  # held while no attempt ran (_hold)
         if self._caller_full:
             upstream.pipe.client.pause_reading()
 
@@ -238,9 +245,9 @@ class Relay(RelayEnds):
         """Whether an attempt that ended with ``reason`` (a status or a
         condition) and ``status`` failed, for its breaker (Rule 6)."""
         ticket, guard = d.ticket, d.guard
-        if ticket is None or guard is None or guard.policy.circuit_breaker is None:
+        if ticket is None or guard is None:
             return False
-        return reason in guard.policy.circuit_breaker.on or (not ticket.closed and status >= 500)
+        return reason in guard.breaker_on or (not ticket.closed and status >= 500)
 
     def _verdict(self, d: Dispatch, failed: bool | None) -> None:
         """Give the running attempt's breaker its one verdict (Rule 6); None:
@@ -259,7 +266,8 @@ class Relay(RelayEnds):
         upstream, exchange = d.upstream, d.attempt
         d.upstream = d.attempt = None
         if d.phase == Phase.HEAD:
-            d.move(Phase.WAITING)
+            assert Phase.WAITING in NEXT[d.phase], d.phase
+            d.phase = Phase.WAITING
         d.head = None
         d.first_byte = None
         self._verdict(d, None)  # an attempt judged already has no ticket left
@@ -289,13 +297,16 @@ class Relay(RelayEnds):
             head = d.head
             head += data
         while True:
-            end = head_end(head)
+            end = head.find(b"\r\n\r\n")  # not `in`: for bytes it tries int() first
             if end < 0 and len(head) < MAX_HEAD:
                 if head is data:
                     d.head = bytearray(data)
                 return
-            status = status_of(head)
-            if not (100 <= status < 200 and status != 101 and end >= 0):
+            try:
+                status = int(head[9:12])
+            except ValueError:
+                status = 0
+            if status >= 200 or status < 100 or status == 101 or end < 0:
                 break
             if not d.interim:  # an interim head (100 Continue) goes through once (Rule 2)
                 d.interim = True
@@ -310,11 +321,13 @@ class Relay(RelayEnds):
             reason = Reason.CONNECT_FAILURE  # the provider could not reach its upstream
         guard = d.guard
         retry = guard is not None and reason in guard.retry_on and d.replayable
-        if self._judge(d, reason, status):
-            self._verdict(d, True)  # a failure is judged at once
-        elif retry:
-            self._verdict(d, False)  # an answer, though one worth another try
-        # else a success is judged when the response has ended (Rule 6)
+        ticket = d.ticket
+        if ticket is not None and guard is not None:
+            if reason in guard.breaker_on or (not ticket.closed and status >= 500):
+                self._verdict(d, True)  # a failure is judged at once
+            elif retry:
+                self._verdict(d, False)  # an answer, though one worth another try
+            # else a success is judged when the response has ended (Rule 6)
         if retry and self._again(d, reason, retry_after(head, end)):
             return
         self._commit(d, upstream, head, data, end, status)
@@ -329,20 +342,26 @@ class Relay(RelayEnds):
         status: int,
     ) -> None:
         """The caller gets this attempt's response (Rule 2)."""
-        d.move(Phase.COMMITTED)
+        assert Phase.COMMITTED in NEXT[d.phase], d.phase
+        d.phase = Phase.COMMITTED
         call = d.call
         call.status = status
-        call.answered()
+        if call.ttfb is None:
+            call.ttfb = perf_counter() - call.started
         d.replayable = False
         d.first_byte = None
         self._committed = upstream
-        if d.kept:
-            d.forget(self._stats)
+        if d.kept:  # d.forget, inlined
+            self._stats.buffered -= d.kept
+            d.kept = 0
+            d.sent.clear()
         guard = d.guard
         if guard is not None and guard.idle_timeout is not None:
             d.last_chunk = last = self._time()
-            self._arm(last + guard.idle_timeout)
-        if d.retried and (status >= 500 or status in SDK_RETRIES) and end >= 0:
+            when = last + guard.idle_timeout
+            if self._timer is None or when < self._timer_at:
+                self._arm(when)
+        if (status >= 500 or status in SDK_RETRIES) and d.retried and end >= 0:
             self._caller.write(without_sdk_retries(head, end))  # Rule 8
         elif head is data:
             self._caller.write(data)  # the one hop of a unary response
@@ -355,7 +374,12 @@ class Relay(RelayEnds):
         if d is None or exchange is not d.attempt or d.phase != Phase.COMMITTED:
             return
         if exchange.outcome == COMPLETED:
-            self._verdict(d, self._judge(d, exchange.status, exchange.status))
+            ticket = d.ticket
+            if ticket is not None:  # it ended well: a success (Rule 6)
+                if ticket.closed:
+                    d.ticket = None  # changes nothing: no clock, no call
+                else:
+                    self._verdict(d, self._judge(d, exchange.status, exchange.status))
             if self._caller.get_write_buffer_size():
                 self._caller.when_flushed(partial(self._done, d, COMPLETED))
             else:
@@ -442,10 +466,12 @@ class Relay(RelayEnds):
         call.status = status
         call.reason = reason
         call.answered()
-        d.move(Phase.ANSWERED)
+        assert Phase.ANSWERED in NEXT[d.phase], d.phase
+        d.phase = Phase.ANSWERED
         shape = self._error_body(d.candidates[0])
         answer = synthetic_response(status, reason, message, wait, shape, retried=d.retried)
-        self._caller.resume_reading()
+        if self._holding:
+            self._hold_caller(False)
         if d.received:
             self._caller.write(answer)
             self._done(d, COMPLETED)
@@ -467,7 +493,8 @@ class Relay(RelayEnds):
             if d.live is not None:
                 d.live.in_flight -= 1
                 d.live = None
-        d.move(Phase.DONE)
+        assert Phase.DONE in NEXT[d.phase], d.phase
+        d.phase = Phase.DONE
         if d.timer is not None:
             d.timer.cancel()
         d.deadline = d.first_byte = d.last_chunk = d.timer = None

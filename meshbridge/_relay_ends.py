@@ -67,6 +67,7 @@ class RelayEnds(Channel, asyncio.Protocol):
         self._timer_at = 0.0  # when it fires
         self._cut_error: Exception | None = None  # what the caller's protocol is told
         self._caller_full = False  # the caller reads slowly: hold the providers back
+        self._holding = False  # the caller's upload is held back
         self.closed = False
         port = 443 if secure else 80
         self.pipe = Pipe(
@@ -125,8 +126,13 @@ class RelayEnds(Channel, asyncio.Protocol):
         if d.replayable:
             size = len(data)
             kept = d.kept + size
-            if kept <= d.replay_limit:  # kept for a replay (Rule 3)
-                d.keep(data, self._stats)
+            if kept <= d.replay_limit:  # kept for a replay (d.keep, inlined)
+                d.sent.append(data)
+                d.kept = kept
+                stats = self._stats
+                stats.buffered += size
+                if stats.buffered > stats.peak:
+                    stats.peak = stats.buffered
             else:
                 d.replayable = False  # too large to replay: keep nothing more
                 d.forget(self._stats)
@@ -155,10 +161,15 @@ class RelayEnds(Channel, asyncio.Protocol):
         """The provider reads slowly (or caught up): hold back the caller's upload."""
         d = self._dispatch
         if d is not None and upstream is d.upstream:
-            if full:
-                self._caller.pause_reading()
-            else:
-                self._caller.resume_reading()
+            self._hold_caller(full)
+
+    def _hold_caller(self, held: bool) -> None:
+        """Stop (or go on) reading the caller's upload: its writes wait in its pipe."""
+        self._holding = held
+        if held:
+            self._caller.pause_reading()
+        else:
+            self._caller.resume_reading()
 
     def _caller_closing(self, by_caller: bool) -> Exception | None:
         return None if by_caller else self._cut_error
@@ -178,7 +189,7 @@ class RelayEnds(Channel, asyncio.Protocol):
         d.keep(data, self._stats)
         if d.kept > d.replay_limit:
             d.replayable = False  # too large to replay (Rule 3)
-            self._caller.pause_reading()  # and to hold: the upload waits for an attempt
+            self._hold_caller(True)  # and to hold: the upload waits for an attempt
 
     # -- the one timer -------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ class Guard:
 
     __slots__ = (
         "breaker",
+        "breaker_on",
         "budget",
         "candidates",
         "fallback_on_overload",
@@ -92,6 +93,7 @@ class Guard:
 
             live.breaker = Breaker(config, on_transition=transition)
         self.breaker = live.breaker  # an unchanged breaker keeps its state
+        self.breaker_on = config.on if config is not None else frozenset()
         # Flat copies for the relay's every request (see the docstring).
         self.candidates = (name, *[n for n in policy.fallback if n != name])  # in the order tried
         self.timeout = policy.timeout
