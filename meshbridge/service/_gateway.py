@@ -22,12 +22,16 @@ Rules of the gateway:
    dot-segments and control characters are a 400, never forwarded.
 4. Nothing is read of a body before the gate, the scope, the provider and
    the declared size are checked: ``Expect: 100-continue`` is answered only
-   then, and a refusal to such a request closes the connection unread. The
+   then, and a refusal closes the connection without reading the rest of the
+   body (``_http_guard.py``, rule 3), whether or not it waited for 100. The
    body's gaps are bounded by ``body_timeout`` (408), its size by
    ``max_body_bytes`` (413).
 5. Requests are forwarded through ``mesh.session()`` to
-   ``http://<provider>/...``; responses stream back chunk by chunk, and a
-   provider stream that breaks breaks the caller's stream too.
+   ``http://<provider>/...`` with the caller's headers less those above, and
+   nothing of aiohttp's own (no ``User-Agent``, ``Accept``,
+   ``Accept-Encoding`` or ``Content-Type`` the caller did not send);
+   responses stream back chunk by chunk, and a provider stream that breaks
+   breaks the caller's stream too.
 6. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
    shutting down) and ``/metrics`` (the mesh registry) need no token. With
    ``admin_listen`` they are served on that listener only (``/healthz`` on
@@ -99,6 +103,8 @@ _DROP_RESPONSE: Final = frozenset(
     {"connection", "content-length", "keep-alive", "transfer-encoding", "upgrade", "server", "date"}
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+# aiohttp's client adds these when absent; the gateway adds nothing of its own (rule 5).
+_NO_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 CLIENT: Final = web.RequestKey("meshbridge_client", Caller)
 PROVIDER: Final = web.RequestKey("meshbridge_provider", str)
@@ -211,7 +217,10 @@ class Gateway:
         scheme, _, token = offered_headers[0].partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
-        offered = token.strip().encode()
+        try:
+            offered = token.strip().encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8: no configured token
+            return None
         found = None
         for client in self.settings.clients:
             # every client is compared, so timing does not tell which one matched
@@ -282,7 +291,11 @@ class Gateway:
                 if client.api_key_id is not None:
                     identity.enter_context(use_api_key_id(client.api_key_id))
                 upstream = await self._session.request(
-                    request.method, url, headers=headers, data=body or None
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body or None,
+                    skip_auto_headers=_NO_AUTO_HEADERS,
                 )
         except ProviderNotFound:
             return self._unknown(name, client)  # unregistered by a reload meanwhile
