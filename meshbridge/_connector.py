@@ -125,20 +125,22 @@ class MeshConnector(ConnectorBase):
             link = _link_of(conn)
         method = method_label(req.method)
         tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
+        relayed = isinstance(link, Relay)
+        # The span starts (reading the request's trace headers) before anything
+        # is counted, so nothing a caller sends can leave a count behind.
+        trace = tracing.start(req, name, source, method, relayed=relayed) if tracing else None
         if isinstance(link, Relay):
             body = req.body  # a Payload, or b"" for none
             size = None if req.chunked else (body.size if body else 0)
             call = Call(name, first, source, api_key_id, method, size)
-            if tracing is not None:
-                call.trace = tracing.start(req, name, source, method, relayed=True)
+            call.trace = trace
             link.begin(call)
             return conn
         metrics = self._metrics
         series = metrics.series(name, source) if metrics is not None else None
         exchange = Exchange(name, source, api_key_id, method, series, metrics)
         exchange.call = True
-        if tracing is not None:
-            exchange.trace = tracing.start(req, name, source, method, relayed=False)
+        exchange.trace = trace
         link.begin(exchange)
         return conn
 

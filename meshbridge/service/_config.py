@@ -93,6 +93,7 @@ class ServerConfig:
     max_connections: int = 1024  # per listener; beyond it, a 503 and close
     admin: tuple[str, int] | None = None  # admin_listen: /metrics and /readyz apart
     peers: tuple[PeerConfig, ...] = ()  # other meshbridges whose signed requests pass the gate
+    trust_trace_context: bool = False  # continue outside callers' traceparent and baggage
 
     @property
     def listen(self) -> str:
@@ -206,6 +207,7 @@ def _server(
         ),
         admin=_admin_listen(reader, address),
         peers=parse_peers(reader, providers, _scope),
+        trust_trace_context=reader.boolean("trust_trace_context", d.trust_trace_context),
     )
     reader.check_unknown()
     return server

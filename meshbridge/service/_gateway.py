@@ -32,11 +32,13 @@ Rules of the gateway:
    ``Accept-Encoding`` or ``Content-Type`` the caller did not send);
    responses stream back chunk by chunk, and a provider stream that breaks
    breaks the caller's stream too.
-6. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
+6. Outside callers' trace context (``traceparent``, ``baggage``) is not
+   trusted unless ``trust_trace_context``: see ``_edge_trace.py``.
+7. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
    shutting down) and ``/metrics`` (the mesh registry) need no token. With
    ``admin_listen`` they are served on that listener only (``/healthz`` on
    both), and the admin listener serves nothing else.
-7. One structured access-log line per request (logger ``meshbridge.access``),
+8. One structured access-log line per request (logger ``meshbridge.access``),
    also for what never reached a handler (malformed HTTP, head timeouts).
 
 The connection-level rules (timeouts, the connection cap, fixed answers to
@@ -63,6 +65,7 @@ from meshbridge import MeshError, MissingAPIKeyID, ProviderNotFound, use_api_key
 from meshbridge.providers import PEER_HEADER
 
 from ._config import ClientConfig, ServerConfig
+from ._edge_trace import TRACE_HEADERS, EdgeTracing, edge_tracing
 from ._http_guard import (
     Limits,
     answer_and_close,
@@ -126,8 +129,10 @@ def _expects_continue(request: web.BaseRequest) -> bool:
 class Gateway:
     """The HTTP face of a mesh: gate, routes, forwarding, access log."""
 
-    def __init__(self, reloader: Reloader) -> None:
+    def __init__(self, reloader: Reloader, *, tracer_provider: object | None = None) -> None:
         self.reloader = reloader
+        self.tracer_provider = tracer_provider  # the mesh's: None for the global one
+        self._edge: EdgeTracing | None = None  # set at start: None when tracing is off
         self.mesh = reloader.mesh
         self.ready = False
         # fixed at start: a separate admin listener needs a restart
@@ -167,6 +172,7 @@ class Gateway:
         return app
 
     async def _mesh_session(self, app: web.Application) -> AsyncIterator[None]:
+        self._edge = edge_tracing(self.tracer_provider)  # as the mesh's, once it started
         timeout = aiohttp.ClientTimeout(total=None)
         async with self.mesh.session(timeout=timeout, auto_decompress=False) as session:
             self._session = session
@@ -281,7 +287,22 @@ class Gateway:
             return self._too_large()
         query = request.rel_url.raw_query_string
         url = URL(f"http://{name}{path}" + (f"?{query}" if query else ""), encoded=True)
+        trusted = self.settings.trust_trace_context
+        if trusted or self._edge is None:
+            return await self._send(request, client, url, body, trusted=trusted)
+        with self._edge.span(request, name) as answered:  # _edge_trace.py, rule 2
+            response = await self._send(request, client, url, body, trusted=False)
+            answered(response.status)
+            return response
+
+    async def _send(
+        self, request: web.Request, client: Caller, url: URL, body: bytes, *, trusted: bool
+    ) -> web.StreamResponse:
+        """Forward the request (gate passed, body read) and relay the answer."""
+        name = request[PROVIDER]
         drop = _DROP_SIGNED if client.signed else _DROP_REQUEST
+        if not trusted:
+            drop = drop | TRACE_HEADERS
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
         assert self._session is not None
         try:

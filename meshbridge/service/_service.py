@@ -100,6 +100,8 @@ class Service:
         reuse_port: listen with ``SO_REUSEPORT`` (a worker of ``serve --workers``).
         admin: where the admin listener listens, instead of ``server.admin_listen``
             (which must be set for there to be one).
+        tracer_provider: an OpenTelemetry ``TracerProvider`` for the mesh and the
+            gateway (by default the global one, if set before the start).
     """
 
     def __init__(
@@ -111,11 +113,16 @@ class Service:
         registry: CollectorRegistry | None = None,
         reuse_port: bool = False,
         admin: tuple[str, int] | None = None,
+        tracer_provider: object | None = None,
     ) -> None:
-        self.mesh = Mesh(registry=registry, grace_period=config.server.grace_period)
+        self.mesh = Mesh(
+            registry=registry,
+            grace_period=config.server.grace_period,
+            tracer_provider=tracer_provider,
+        )
         self.reloader = Reloader(self.mesh, config)
         self.reloader.install()
-        self.gateway = Gateway(self.reloader)
+        self.gateway = Gateway(self.reloader, tracer_provider=tracer_provider)
         self._host = host if host is not None else config.server.host
         self._port = port if port is not None else config.server.port
         self._reuse_port = reuse_port
