@@ -234,10 +234,10 @@ class Gateway:
                 found = client
         return found
 
-    def _caller(self, request: web.BaseRequest) -> Caller | web.Response:
+    async def _caller(self, request: web.BaseRequest) -> Caller | web.Response:
         """Who passes the gate (rule 1), or the refusal."""
         if PEER_HEADER in request.headers:
-            return self.peers.check(request)
+            return await self.peers.check(request)
         client = self.client_for(request)
         if client is None:
             denied = _error(401, "authentication_error", "missing or invalid bearer token")
@@ -260,7 +260,7 @@ class Gateway:
         if len(request.headers.getall("Authorization", [])) > 1:
             message = "more than one Authorization header"
             return await self._refuse(request, _error(400, "invalid_request_error", message))
-        client = self._caller(request)
+        client = await self._caller(request)
         if isinstance(client, web.Response):
             return await self._refuse(request, client)
         request[CLIENT] = client

@@ -207,16 +207,24 @@ class Service:
 
 
 async def serve_until_signalled(
-    service: Service, stopped: asyncio.Event | None = None, *, pid_file: bool = True
+    service: Service,
+    stopped: asyncio.Event | None = None,
+    *,
+    pid_file: bool = True,
+    on_hup: Callable[[], None] | None = None,
 ) -> None:
     """Run a started service until SIGTERM/SIGINT (or ``stopped`` is set);
-    SIGHUP reloads its config. Writes the pid file while it runs, unless
-    ``pid_file`` is false (a worker: the supervisor of the workers writes it)."""
+    SIGHUP reloads its config (or calls ``on_hup``: a worker asks its
+    supervisor). Writes the pid file while it runs, unless ``pid_file`` is
+    false (a worker: the supervisor of the workers writes it)."""
     loop = asyncio.get_running_loop()
     stopped = stopped or asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
 
     def reload() -> None:
+        if on_hup is not None:
+            on_hup()
+            return
         task = loop.create_task(service.reloader.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -231,6 +239,9 @@ async def serve_until_signalled(
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
+    # A worker starts with SIGHUP blocked (_workers.py): one sent meanwhile waited
+    # for this handler, and comes now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
         if path is not None:
             write_pid_file(path)
