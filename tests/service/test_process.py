@@ -259,6 +259,7 @@ async def test_a_reload_that_changes_admin_listen_says_a_restart_is_needed(
         assert "admin_listen" not in caplog.text
 
 
+@pytest.mark.integration
 async def test_a_second_serve_of_a_running_config_is_refused_and_leaves_its_pid_file(
     run: Run, config: Path
 ) -> None:
