@@ -27,7 +27,8 @@ from ._config import Config, load_config, parse_listen
 from ._demo import run_demo
 from ._pidfile import PidFileError, pid_file_for, read_pid_file, running_serve, signal_serve
 from ._service import Service, serve_until_signalled
-from ._workers import WorkerSpec, run_worker, supervise
+from ._worker import WorkerSpec, run_worker
+from ._workers import supervise
 
 __all__ = ["main"]
 

@@ -38,7 +38,7 @@ Rules of the gateway:
    shutting down) and ``/metrics`` (the mesh registry) need no token. With
    ``admin_listen`` they are served on that listener only (``/healthz`` on
    both), and the admin listener serves nothing else.
-8. One structured access-log line per request (logger ``meshbridge.access``),
+8. One structured access-log line per request (``_access_log.py``),
    also for what never reached a handler (malformed HTTP, head timeouts).
 
 The connection-level rules (timeouts, the connection cap, fixed answers to
@@ -50,9 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
-import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -64,6 +61,7 @@ from yarl import URL
 from meshbridge import MeshError, MissingAPIKeyID, ProviderNotFound, use_api_key_id, use_source
 from meshbridge.providers import PEER_HEADER
 
+from ._access_log import CLIENT, PROVIDER, RESPONSE, SENT, access_log, log_rejected
 from ._config import ClientConfig, ServerConfig
 from ._edge_trace import TRACE_HEADERS, EdgeTracing, edge_tracing
 from ._http_guard import (
@@ -79,8 +77,6 @@ from ._peer_auth import Caller, PeerGate
 from ._reload import Reloader
 
 __all__ = ["Gateway"]
-
-access_log = logging.getLogger("meshbridge.access")
 
 # Request headers never forwarded: hop-by-hop, the gate's credentials, and
 # anything claiming to be meshbridge's own.
@@ -108,11 +104,6 @@ _DROP_RESPONSE: Final = frozenset(
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 # aiohttp's client adds these when absent; the gateway adds nothing of its own (rule 5).
 _NO_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-
-CLIENT: Final = web.RequestKey("meshbridge_client", Caller)
-PROVIDER: Final = web.RequestKey("meshbridge_provider", str)
-RESPONSE: Final = web.RequestKey("meshbridge_response", web.StreamResponse)
-SENT: Final = web.RequestKey("meshbridge_sent", int)  # body bytes relayed so far
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -142,6 +133,8 @@ class Gateway:
         self.worker: int | None = None  # its index under `serve --workers`, for /healthz
         self.metrics: Handler | None = None  # /metrics, if not the mesh registry's own
 
+    rejected = staticmethod(log_rejected)  # the listener's access lines (_http_guard.py)
+
     @property
     def settings(self) -> ServerConfig:
         return self.reloader.config.server
@@ -157,7 +150,7 @@ class Gateway:
 
     def app(self) -> web.Application:
         """The server's ``web.Application`` (public and admin routes)."""
-        app = web.Application(middlewares=[track_requests, self._access_log])
+        app = web.Application(middlewares=[track_requests, access_log])
         app.on_response_prepare.append(server_header)
         app.cleanup_ctx.append(self._mesh_session)
         routes: list[tuple[str, str, Handler]] = [
@@ -388,67 +381,3 @@ class Gateway:
         limit = self.max_body_bytes
         message = f"request body is larger than the limit of {limit} bytes"
         return _error(413, "request_too_large", message, limit=limit)
-
-    # -- access log --------------------------------------------------------------
-
-    @web.middleware
-    async def _access_log(
-        self,
-        request: web.Request,
-        handler: Handler,
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
-        response: web.StreamResponse | None = None
-        outcome = "error"
-        try:
-            response = await handler(request)
-            outcome = "completed"
-            return response
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except web.HTTPException as exc:
-            response, outcome = exc, "completed"
-            raise
-        finally:
-            self._log(request, response, outcome, time.perf_counter() - started)
-
-    def _log(
-        self,
-        request: web.Request,
-        response: web.StreamResponse | None,
-        outcome: str,
-        seconds: float,
-    ) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        client = request.get(CLIENT)
-        response = response or request.get(RESPONSE)  # a stream that broke had started
-        if response is None:
-            status, sent = (0 if outcome == "cancelled" else 500), 0
-        elif isinstance(response, web.Response):
-            status, sent = response.status, response.content_length or 0
-        else:
-            status, sent = response.status, request.get(SENT, 0)
-        line = {
-            "method": request.method,
-            "path": request.rel_url.raw_path,
-            "provider": request.get(PROVIDER),
-            "client": client.name if client is not None else None,
-            "source": str(client.source) if client and client.source else None,
-            "status": status,
-            "outcome": outcome,
-            "duration_ms": round(seconds * 1000, 3),
-            "bytes_in": request.content.total_bytes,
-            "bytes_out": sent,
-            "remote": request.remote,
-        }
-        access_log.info(json.dumps(line, separators=(",", ":")))
-
-    def rejected(self, remote: str | None, status: int, outcome: str) -> None:
-        """The access-log line of what never reached a handler (malformed
-        HTTP, a head that timed out): nothing of the request is repeated."""
-        if access_log.isEnabledFor(logging.INFO):
-            nobody = dict.fromkeys(("method", "path", "provider", "client", "source"))
-            line = {**nobody, "status": status, "outcome": outcome, "remote": remote}
-            access_log.info(json.dumps(line, separators=(",", ":")))

@@ -33,7 +33,8 @@ Rules of the supervisor:
    signals it; it remembers the nonces of signed peer requests for all its
    workers (``_nonces.py``), so a signature is accepted once per server.
 
-``/metrics`` on any worker reports the whole server: see ``_worker_metrics.py``.
+A worker's side is ``_worker.py``; ``/metrics`` on any worker reports the whole
+server: see ``_worker_metrics.py``.
 """
 
 from __future__ import annotations
@@ -48,54 +49,24 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-
-from aiohttp import web
 
 from meshbridge import ConfigError
 
 from ._config import Config, load_config
-from ._control import Channel, Message, SupervisorNonces
+from ._control import Channel, Message
 from ._nonces import LocalNonces, NoncesFull
 from ._pidfile import PidFileError, pid_file_for, remove_pid_file, running_serve, write_pid_file
-from ._service import Service, serve_until_signalled
 from ._toml import read_bytes
-from ._worker_metrics import metrics_handler, socket_path, worker_registry_app
+from ._worker import WorkerSpec, address
 
-__all__ = ["WorkerSpec", "run_worker", "supervise"]
+__all__ = ["supervise"]
 
 log = logging.getLogger("meshbridge")
 
 _KILL_AFTER = 5.0  # seconds past the grace period before a draining worker is killed
 _STEADY = 5.0  # a worker that ran this long restarts at once
 _MAX_PAUSE = 10.0
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """What a worker is told on its command line (``serve --worker ...``)."""
-
-    index: int
-    count: int
-    directory: Path  # where the workers' private metrics sockets are
-    control: int  # its end of the socket pair with the supervisor
-    admin: tuple[str, int] | None
-
-    def args(self) -> list[str]:
-        admin = _address(*self.admin) if self.admin else "-"
-        return [f"--worker={self.index},{self.count},{self.control},{admin},{self.directory}"]
-
-    @classmethod
-    def parse(cls, value: str) -> WorkerSpec:
-        index, count, control, admin, directory = value.split(",", 4)
-        host, _, port = admin.rpartition(":")
-        address = (host.strip("[]"), int(port)) if admin != "-" else None
-        return cls(int(index), int(count), Path(directory), int(control), address)
 
 
 def _reserve(host: str, port: int) -> socket.socket:
@@ -130,94 +101,6 @@ def _sighup_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-# -- the worker ---------------------------------------------------------------------
-
-
-async def run_worker(config_path: Path, host: str, port: int, spec: WorkerSpec) -> int:
-    """Serve the supervisor's generation of ``config_path`` as worker
-    ``spec.index``, until SIGTERM or the end of the control socket."""
-    channel = await Channel.open(socket.socket(fileno=spec.control))
-    try:
-        return await _work(channel, config_path, host, port, spec)
-    finally:
-        await channel.aclose()
-
-
-async def _work(channel: Channel, config_path: Path, host: str, port: int,
-                spec: WorkerSpec) -> int:  # fmt: skip
-    first = await channel.receive()
-    if first is None or first[0] != "config":
-        log.error("worker %d: no config from the supervisor", spec.index)
-        return 1
-    try:
-        config = load_config(config_path, content=first[2])
-    except ConfigError as exc:
-        log.error("worker %d: the supervisor's config is rejected:\n%s", spec.index, exc)
-        return 1
-    service = Service(config, host=host, port=port, reuse_port=True, admin=spec.admin)
-    service.gateway.worker = spec.index
-    nonces = service.gateway.peers.nonces = SupervisorNonces(channel)
-    registry = service.mesh.registry
-    service.gateway.metrics = metrics_handler(registry, spec.index, spec.count, spec.directory)
-    private = web.AppRunner(worker_registry_app(registry), handle_signals=False, access_log=None)
-    stopped = asyncio.Event()
-    reloads = _Reloads(service)
-
-    async def listen() -> None:
-        while (message := await channel.receive()) is not None:
-            word, args, payload = message
-            if word == "nonce":
-                nonces.answered(args)
-            elif word == "reload":
-                reloads.ask(payload)
-        log.info("worker %d: the supervisor is gone, stopping", spec.index)
-        nonces.gone()
-        stopped.set()
-
-    try:
-        await service.start()
-    except OSError as exc:
-        log.error("worker %d: cannot listen on %s: %s", spec.index, _address(host, port), exc)
-        return 1
-    listening = asyncio.create_task(listen())
-    try:
-        await private.setup()
-        await web.UnixSite(private, str(socket_path(spec.directory, spec.index))).start()
-        channel.send("ready")
-        log.info("worker %d (pid %d) is serving", spec.index, os.getpid())
-        await serve_until_signalled(
-            service, stopped, pid_file=False, on_hup=lambda: channel.send("hup")
-        )
-    finally:
-        listening.cancel()
-        await asyncio.gather(listening, *reloads.running, return_exceptions=True)
-        await private.cleanup()
-        await service.aclose()
-    return 0
-
-
-class _Reloads:
-    """A worker's reloads, one at a time; those asked meanwhile come down to
-    the latest (a burst of SIGHUPs is one more reload, not a queue of them)."""
-
-    def __init__(self, service: Service) -> None:
-        self._service = service
-        self._next: bytes | None = None
-        self.running: set[asyncio.Task[None]] = set()
-
-    def ask(self, content: bytes) -> None:
-        self._next = content
-        if not self.running:
-            task = asyncio.create_task(self._run())
-            self.running.add(task)
-            task.add_done_callback(self.running.discard)
-
-    async def _run(self) -> None:
-        while self._next is not None:
-            content, self._next = self._next, None
-            await self._service.reloader.reload(content)
 
 
 # -- the supervisor -----------------------------------------------------------------
@@ -256,7 +139,7 @@ class _Supervisor:
             with _sighup_blocked():
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "meshbridge", "serve", str(self.config.path),
-                    "--listen", _address(self.host, self.port), *spec.args(),
+                    "--listen", address(self.host, self.port), *spec.args(),
                     pass_fds=(theirs.fileno(),),
                 )  # fmt: skip
         except BaseException:
@@ -407,13 +290,13 @@ async def supervise(config_path: Path, listen: tuple[str, int] | None, count: in
         return 1
     host, port = listen if listen else (config.server.host, config.server.port)
     held: list[socket.socket] = []
-    tried = _address(host, port)
+    tried = address(host, port)
     try:
         held.append(_reserve(host, port))
         port = held[0].getsockname()[1]
         admin = None
         if config.server.admin is not None:
-            tried = _address(*config.server.admin)
+            tried = address(*config.server.admin)
             held.append(_reserve(*config.server.admin))
             admin = (config.server.admin[0], held[1].getsockname()[1])
     except OSError as exc:
@@ -456,10 +339,10 @@ async def _run(supervisor: _Supervisor) -> int:
             log.warning("cannot write the pid file (%s): `meshbridge reload` needs --pid %d",
                         exc, os.getpid())  # fmt: skip
         pids = ", ".join(str(p.pid) for p in supervisor.processes)
-        admin = f", admin on http://{_address(*supervisor.admin)}" if supervisor.admin else ""
+        admin = f", admin on http://{address(*supervisor.admin)}" if supervisor.admin else ""
         log.info("serving %d workers on http://%s (pid %d, workers %s, pid file %s, "
                  "worker metrics in %s%s)", supervisor.count,
-                 _address(supervisor.host, supervisor.port), os.getpid(), pids, pid_file,
+                 address(supervisor.host, supervisor.port), os.getpid(), pids, pid_file,
                  supervisor.directory, admin)  # fmt: skip
         await stop.wait()
         grace = supervisor.config.server.grace_period
