@@ -146,7 +146,7 @@ class Gateway:
     def limits(self) -> Limits:
         """The connection limits of the running config (new connections)."""
         s = self.settings
-        return Limits(s.header_timeout, s.idle_timeout, s.max_connections)
+        return Limits(s.header_timeout, s.idle_timeout, s.max_connections, s.max_body_bytes)
 
     def app(self) -> web.Application:
         """The server's ``web.Application`` (public and admin routes)."""

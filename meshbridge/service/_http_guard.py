@@ -13,9 +13,12 @@ Rules of the listener:
    request body with ``body_timeout``.
 3. A request whose body was not read whole when its answer is ready (a
    refusal, a route that takes no body) closes its connection after that
-   answer (``Connection: close``): the rest of the body is never read
-   (aiohttp would read it for up to 10 s, its "lingering"), so an endless
-   body costs nothing, and no bytes after it can escape rule 1.
+   answer (``Connection: close``). Before it closes, what more of the body
+   comes is read and dropped for at most :data:`LINGER` seconds and
+   ``max_body_bytes`` bytes, so an honest client still uploading reads the
+   answer rather than a reset; aiohttp's own "lingering" read the rest for
+   up to 10 s, however much came. No byte after that body starts a request,
+   so none escapes rule 1.
 4. A listener holds at most ``max_connections`` connections: the next one is
    answered with a fixed 503 and closed at once, before a byte of it is read.
 5. Malformed HTTP gets one log line (no traceback), one access-log line and a
@@ -31,6 +34,7 @@ protocols, each a :class:`web.RequestHandler` of the runner's ``web.Server``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -66,6 +70,9 @@ _ENCODED_SEPARATOR: Final = re.compile(r"%2f|%5c|\\", re.IGNORECASE)
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
+LINGER: Final = 1.0  # seconds an unread body is still taken (and dropped) after the answer
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What one connection may take; read when it is accepted."""
@@ -73,6 +80,7 @@ class Limits:
     header_timeout: float
     idle_timeout: float
     max_connections: int
+    max_body_bytes: int = 0  # what rule 3 drops at most after an answer
 
 
 def json_error(status: int, type_: str, message: str, **extra: object) -> web.Response:
@@ -137,13 +145,19 @@ def listener_of(request: web.BaseRequest) -> Listener | None:
 
 
 async def answer_and_close(
-    request: web.BaseRequest, response: web.StreamResponse
+    request: web.BaseRequest, response: web.StreamResponse, *, drop: int = 0
 ) -> web.StreamResponse:
     """Send ``response`` and close the connection, reading no more of the
-    request body (which aiohttp would otherwise drain for up to 10 s)."""
+    request body than ``drop`` bytes, within :data:`LINGER` seconds (rule 3;
+    aiohttp would otherwise drain it all for up to 10 s)."""
     response.force_close()
     await response.prepare(request)
     await response.write_eof()
+    content = request.content
+    with contextlib.suppress(TimeoutError, web.RequestPayloadError, ConnectionError):
+        async with asyncio.timeout(LINGER):
+            while drop > 0 and not content.is_eof():
+                drop -= len(await content.readany())
     request.protocol.force_close()
     return response
 
@@ -163,7 +177,8 @@ async def track_requests(
     try:
         response = await handler(request)
         if not request.content.is_eof() and not response.prepared:
-            response.force_close()  # says Connection: close; aiohttp then reads no more
+            drop = connection.mb_limits.max_body_bytes if connection is not None else 0
+            return await answer_and_close(request, response, drop=drop)
         return response
     finally:
         if connection is not None:
@@ -291,7 +306,7 @@ class _Connection(web.RequestHandler):
             loop=asyncio.get_running_loop(),
             keepalive_timeout=limits.idle_timeout,
             access_log_class=_NoAccessLog,
-            lingering_time=0,  # rule 3: an unread body is never drained
+            lingering_time=0,  # rule 3: an unread body is never drained by aiohttp
         )
         self.listener = listener
         self.mb_limits = limits

@@ -14,6 +14,7 @@ import logging
 import zlib
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -108,6 +109,23 @@ async def test_a_refused_request_closes_the_connection_without_reading_an_endles
     assert answer.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"\r\nConnection: close\r\n" in answer
     assert sent < 64 * 1024 * 1024  # what socket buffers take, not 10 s of reading
+    assert requests(service, "local") == 0
+
+
+async def test_an_honest_client_still_uploading_reads_its_refusal_not_a_reset(
+    serve: ServiceFactory,
+) -> None:
+    """httpx (the SDKs' transport) reads no answer before its body is sent:
+    the refusal drops what comes (up to max_body_bytes) before it closes."""
+    service = await serve(config(max_body_bytes=16 * 1024 * 1024))
+    body = b"x" * (8 * 1024 * 1024)
+    async with httpx.AsyncClient() as client:
+        for headers in ({}, {"Authorization": f"Bearer {SCOPED}"}):
+            response = await client.post(
+                f"{service.url}/local/v1/chat/completions", content=body, headers=headers
+            )
+            assert response.status_code in (401, 403)
+            assert response.headers["Connection"] == "close"
     assert requests(service, "local") == 0
 
 
