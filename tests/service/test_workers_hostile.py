@@ -9,6 +9,7 @@ of ``test_workers``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -186,8 +187,9 @@ async def test_sighup_while_workers_start_reloads_and_never_stops_the_server(
         if "serving 2 workers" in text(log) or process.returncode is not None:
             break
         for pid in [process.pid, *children(process.pid)]:  # the workers too, as they start
-            os.kill(pid, signal.SIGHUP)
-            sent += 1
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+                sent += 1
         await asyncio.sleep(0.005)
     url = (await wait_for(log, r"serving 2 workers on (http://127\.0\.0\.1:\d+)"))[1]
     assert sent > 10
