@@ -128,7 +128,9 @@ class MeshConnector(ConnectorBase):
         relayed = isinstance(link, Relay)
         # The span starts (reading the request's trace headers) before anything
         # is counted, so nothing a caller sends can leave a count behind.
-        trace = tracing.start(req, name, source, method, relayed=relayed) if tracing else None
+        trace = None
+        if tracing is not None:
+            trace = tracing.start(req, name, source, method, relayed=relayed)
         if isinstance(link, Relay):
             body = req.body  # a Payload, or b"" for none
             size = None if req.chunked else (body.size if body else 0)
