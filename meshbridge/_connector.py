@@ -134,10 +134,15 @@ class MeshConnector(ConnectorBase):
             channel = _channel_of(conn)
         method = method_label(req.method)
         origin = current_origin.get()
-        call = Call(self._calls, name, first, source, api_key_id, method, req.url.raw_path, origin)
         tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
+        # The span starts (reading the request's trace headers) before anything
+        # is counted, so nothing a caller sends can leave a count behind.
+        trace = None
         if tracing is not None:
-            call.trace = tracing.start(req, name, source, method, relayed=channel.governed)
+            trace = tracing.start(req, name, source, method, relayed=channel.governed)
+        call = Call(self._calls, name, first, source, api_key_id, method, req.url.raw_path, origin)
+        if trace is not None:
+            call.trace = trace
             call.watched = True
         channel.begin(call, req)
         return conn

@@ -5,9 +5,10 @@ Rules of the relay:
 
 1. Headers. Only the headers a dialect names go upstream (plus the SDKs'
    ``x-stainless-*`` telemetry): nothing internal, no cookies, no hop-by-hop
-   headers, no ``X-Forwarded-*``. The caller's own credentials go up when it
-   brought some; otherwise the configured key is injected. Only the answer's
-   content type, request ids, rate-limit and retry headers come back.
+   headers, no ``X-Forwarded-*``, and no ``User-Agent`` but the caller's.
+   The caller's own credentials go up when it brought some; otherwise the
+   configured key is injected. Only the answer's content type, request ids,
+   rate-limit and retry headers come back.
 2. Errors are the provider's shape. Invalid JSON is a 400 answered here; a
    refused or failed connection is a 502; an upstream that does not answer
    within ``timeout`` is a 504. Upstream 4xx/5xx pass through with their body.
@@ -67,6 +68,9 @@ _RESPONSE_HEADERS: Final = frozenset(
     }
 )
 _RESPONSE_PREFIXES: Final = ("x-ratelimit-", "anthropic-ratelimit-", "openai-processing-")
+# aiohttp's own User-Agent (its version and Python's) never goes upstream: a
+# caller's own goes, or none.
+_NO_AUTO_HEADERS: Final = ("User-Agent",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +274,12 @@ class Proxy:
         try:
             async with asyncio.timeout_at(deadline):
                 upstream = await self._session.request(
-                    request.method, url, data=body or None, headers=headers, allow_redirects=False
+                    request.method,
+                    url,
+                    data=body or None,
+                    headers=headers,
+                    allow_redirects=False,
+                    skip_auto_headers=_NO_AUTO_HEADERS,
                 )
         except TimeoutError:
             return self.error(

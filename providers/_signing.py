@@ -209,10 +209,11 @@ def check_identity(
     target: str,
     *,
     now: float,
-    nonces: NonceCache,
+    nonces: NonceCache | None,
 ) -> None:
     """Check a header read by :func:`read_identity` against the request it came
-    with; on success its nonce is remembered in ``nonces``.
+    with; on success its nonce is remembered in ``nonces`` (None: the caller
+    checks the nonce itself, in a store shared by several processes, say).
 
     Raises:
         SignatureError: ``bad-signature``, ``expired``, ``replayed`` or
@@ -223,7 +224,8 @@ def check_identity(
         raise SignatureError("bad-signature", "the signature does not match this request")
     if abs(now - identity.timestamp) > MAX_SKEW:
         raise SignatureError("expired", f"the timestamp is more than {MAX_SKEW:g} s away")
-    nonces.remember(identity.nonce, now)
+    if nonces is not None:
+        nonces.remember(identity.nonce, now)
 
 
 class NonceCache:

@@ -183,7 +183,7 @@ class _Remote:
     def __init__(self, options: RemoteOptions, context: ProviderContext) -> None:
         self.options = options
         self.provider = context.name
-        self.base = str(options.url)
+        self.base = str(options.url).rstrip("/")  # url ".../billing/" + "/v1/x": one slash
         self.host = options.url.host
         self.secret = options.peer_secret.encode() if options.peer_secret else None
         self._session: aiohttp.ClientSession | None = None

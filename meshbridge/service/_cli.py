@@ -25,9 +25,10 @@ from meshbridge.providers import kinds
 
 from ._config import Config, load_config, parse_listen
 from ._demo import run_demo
-from ._pidfile import PidFileError, pid_file_for, read_pid_file, signal_serve
+from ._pidfile import PidFileError, pid_file_for, read_pid_file, running_serve, signal_serve
 from ._service import Service, serve_until_signalled
-from ._workers import WorkerSpec, run_worker, supervise
+from ._worker import WorkerSpec, run_worker
+from ._workers import supervise
 
 __all__ = ["main"]
 
@@ -178,12 +179,17 @@ def list_kinds() -> int:
 async def _serve(
     config: Path, listen: tuple[str, int] | None, worker: WorkerSpec | None = None
 ) -> int:
+    if worker is not None and listen is not None:
+        return await run_worker(config, *listen, worker)  # the supervisor's generation
     try:
         loaded = load_config(config)
     except ConfigError as exc:
         return _errors(exc)
-    if worker is not None and listen is not None:
-        return await run_worker(loaded, *listen, worker)
+    other = running_serve(pid_file_for(loaded), loaded.path)
+    if other is not None:
+        log.error("`meshbridge serve %s` already runs (pid %d, pid file %s): not starting "
+                  "another", config, other, pid_file_for(loaded))  # fmt: skip
+        return 1
     host, port = listen if listen else (None, None)
     tried = _address(*listen) if listen else loaded.server.listen  # what the error is about
     try:

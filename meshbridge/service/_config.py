@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class ServerConfig:
     max_connections: int = 1024  # per listener; beyond it, a 503 and close
     admin: tuple[str, int] | None = None  # admin_listen: /metrics and /readyz apart
     peers: tuple[PeerConfig, ...] = ()  # other meshbridges whose signed requests pass the gate
+    trust_trace_context: bool = False  # continue outside callers' traceparent and baggage
 
     @property
     def listen(self) -> str:
@@ -178,6 +180,9 @@ def _server(
             client.error("token", "expected exactly one of token or token_env")
         elif token and len(token) < _MIN_TOKEN_LEN:
             client.error("token", f"expected a token of at least {_MIN_TOKEN_LEN} characters")
+        elif token != token.strip():  # a caller's token is read stripped: it could never match
+            where_token = "token_env" if from_env else "token"
+            client.error(where_token, "expected a token without leading or trailing whitespace")
         elif token in tokens:
             client.error("token", f"the same token as server.clients.{tokens[token]}")
         elif token:
@@ -206,6 +211,7 @@ def _server(
         ),
         admin=_admin_listen(reader, address),
         peers=parse_peers(reader, providers, _scope),
+        trust_trace_context=reader.boolean("trust_trace_context", d.trust_trace_context),
     )
     reader.check_unknown()
     return server
@@ -223,10 +229,33 @@ def _admin_listen(reader: OptionReader, public: tuple[str, int] | None) -> tuple
     if address is None:
         expected = "expected HOST:PORT (such as '127.0.0.1:9090')"
         reader.error("admin_listen", f"{expected}, got {value!r}")
-    elif address == public and address[1] != 0:
-        reader.error("admin_listen", f"expected another address than listen, got {value!r}")
+    elif public is not None and _overlap(address, public):
+        reader.error("admin_listen", f"expected another address than listen "
+                     f"({public[0]}:{public[1]}), got {value!r}")  # fmt: skip
         return None
     return address
+
+
+_WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
+
+
+def _overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listen addresses can take the same connections: the same
+    port (not 0) on the same host once resolved ("localhost" and "127.0.0.1"),
+    or on a wildcard address."""
+    if a[1] != b[1] or a[1] == 0:
+        return False
+    if a[0] in _WILDCARDS or b[0] in _WILDCARDS or a[0] == b[0]:
+        return True
+    return bool(_resolved(a[0]) & _resolved(b[0]))
+
+
+def _resolved(host: str) -> set[str]:
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return set()  # a name that does not resolve is the listener's error, at start
+    return {str(info[4][0]) for info in found}
 
 
 def _scope(client: OptionReader, providers: Collection[str] | None) -> frozenset[str] | None:
@@ -351,6 +380,7 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     *,
     require_env: bool = True,
+    content: bytes | None = None,
 ) -> Config:
     """Read and validate a TOML config file.
 
@@ -360,10 +390,13 @@ def load_config(
         require_env: False to check a config without its secrets: unset
             variables are listed in :attr:`Config.missing_env` instead of
             being errors, and the config can be checked but not built.
+        content: the file's bytes, read already (the generation the
+            supervisor of ``serve --workers`` hands its workers): ``path``
+            is then only named, never read.
 
     Raises:
         ConfigError: the file cannot be read, is not TOML, or has errors;
             every error found is listed, each with its key path.
     """
-    data = read_toml(path)
+    data = read_toml(path, content)
     return parse_config(data, path, environ, require_env=require_env)

@@ -22,17 +22,23 @@ Rules of the gateway:
    dot-segments and control characters are a 400, never forwarded.
 4. Nothing is read of a body before the gate, the scope, the provider and
    the declared size are checked: ``Expect: 100-continue`` is answered only
-   then, and a refusal to such a request closes the connection unread. The
+   then, and a refusal closes the connection without reading the rest of the
+   body (``_http_guard.py``, rule 3), whether or not it waited for 100. The
    body's gaps are bounded by ``body_timeout`` (408), its size by
    ``max_body_bytes`` (413).
 5. Requests are forwarded through ``mesh.session()`` to
-   ``http://<provider>/...``; responses stream back chunk by chunk, and a
-   provider stream that breaks breaks the caller's stream too.
-6. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
+   ``http://<provider>/...`` with the caller's headers less those above, and
+   nothing of aiohttp's own (no ``User-Agent``, ``Accept``,
+   ``Accept-Encoding`` or ``Content-Type`` the caller did not send);
+   responses stream back chunk by chunk, and a provider stream that breaks
+   breaks the caller's stream too.
+6. Outside callers' trace context (``traceparent``, ``baggage``) is not
+   trusted unless ``trust_trace_context``: see ``_edge_trace.py``.
+7. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
    shutting down) and ``/metrics`` (the mesh registry) need no token. With
    ``admin_listen`` they are served on that listener only (``/healthz`` on
    both), and the admin listener serves nothing else.
-7. One structured access-log line per request (logger ``meshbridge.access``),
+8. One structured access-log line per request (``_access_log.py``),
    also for what never reached a handler (malformed HTTP, head timeouts).
 
 The connection-level rules (timeouts, the connection cap, fixed answers to
@@ -44,9 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
-import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -65,7 +68,9 @@ from meshbridge import (
 )
 from meshbridge.providers import PEER_HEADER
 
+from ._access_log import CLIENT, PROVIDER, RESPONSE, SENT, access_log, log_rejected
 from ._config import ClientConfig, ServerConfig
+from ._edge_trace import TRACE_HEADERS, EdgeTracing, edge_tracing
 from ._http_guard import (
     Limits,
     answer_and_close,
@@ -79,8 +84,6 @@ from ._peer_auth import Caller, PeerGate
 from ._reload import Reloader
 
 __all__ = ["Gateway"]
-
-access_log = logging.getLogger("meshbridge.access")
 
 # Request headers never forwarded: hop-by-hop, the gate's credentials, and
 # anything claiming to be meshbridge's own.
@@ -106,11 +109,8 @@ _DROP_RESPONSE: Final = frozenset(
     {"connection", "content-length", "keep-alive", "transfer-encoding", "upgrade", "server", "date"}
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-CLIENT: Final = web.RequestKey("meshbridge_client", Caller)
-PROVIDER: Final = web.RequestKey("meshbridge_provider", str)
-RESPONSE: Final = web.RequestKey("meshbridge_response", web.StreamResponse)
-SENT: Final = web.RequestKey("meshbridge_sent", int)  # body bytes relayed so far
+# aiohttp's client adds these when absent; the gateway adds nothing of its own (rule 5).
+_NO_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -127,8 +127,10 @@ def _expects_continue(request: web.BaseRequest) -> bool:
 class Gateway:
     """The HTTP face of a mesh: gate, routes, forwarding, access log."""
 
-    def __init__(self, reloader: Reloader) -> None:
+    def __init__(self, reloader: Reloader, *, tracer_provider: object | None = None) -> None:
         self.reloader = reloader
+        self.tracer_provider = tracer_provider  # the mesh's: None for the global one
+        self._edge: EdgeTracing | None = None  # set at start: None when tracing is off
         self.mesh = reloader.mesh
         self.ready = False
         # fixed at start: a separate admin listener needs a restart
@@ -137,6 +139,8 @@ class Gateway:
         self.peers = PeerGate(self.mesh.registry, lambda: self.settings.peers)
         self.worker: int | None = None  # its index under `serve --workers`, for /healthz
         self.metrics: Handler | None = None  # /metrics, if not the mesh registry's own
+
+    rejected = staticmethod(log_rejected)  # the listener's access lines (_http_guard.py)
 
     @property
     def settings(self) -> ServerConfig:
@@ -149,11 +153,11 @@ class Gateway:
     def limits(self) -> Limits:
         """The connection limits of the running config (new connections)."""
         s = self.settings
-        return Limits(s.header_timeout, s.idle_timeout, s.max_connections)
+        return Limits(s.header_timeout, s.idle_timeout, s.max_connections, s.max_body_bytes)
 
     def app(self) -> web.Application:
         """The server's ``web.Application`` (public and admin routes)."""
-        app = web.Application(middlewares=[track_requests, self._access_log])
+        app = web.Application(middlewares=[track_requests, access_log])
         app.on_response_prepare.append(server_header)
         app.cleanup_ctx.append(self._mesh_session)
         routes: list[tuple[str, str, Handler]] = [
@@ -168,6 +172,7 @@ class Gateway:
         return app
 
     async def _mesh_session(self, app: web.Application) -> AsyncIterator[None]:
+        self._edge = edge_tracing(self.tracer_provider)  # as the mesh's, once it started
         timeout = aiohttp.ClientTimeout(total=None)
         async with self.mesh.session(timeout=timeout, auto_decompress=False) as session:
             self._session = session
@@ -218,7 +223,10 @@ class Gateway:
         scheme, _, token = offered_headers[0].partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
-        offered = token.strip().encode()
+        try:
+            offered = token.strip().encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8: no configured token
+            return None
         found = None
         for client in self.settings.clients:
             # every client is compared, so timing does not tell which one matched
@@ -226,10 +234,10 @@ class Gateway:
                 found = client
         return found
 
-    def _caller(self, request: web.BaseRequest) -> Caller | web.Response:
+    async def _caller(self, request: web.BaseRequest) -> Caller | web.Response:
         """Who passes the gate (rule 1), or the refusal."""
         if PEER_HEADER in request.headers:
-            return self.peers.check(request)
+            return await self.peers.check(request)
         client = self.client_for(request)
         if client is None:
             denied = _error(401, "authentication_error", "missing or invalid bearer token")
@@ -252,7 +260,7 @@ class Gateway:
         if len(request.headers.getall("Authorization", [])) > 1:
             message = "more than one Authorization header"
             return await self._refuse(request, _error(400, "invalid_request_error", message))
-        client = self._caller(request)
+        client = await self._caller(request)
         if isinstance(client, web.Response):
             return await self._refuse(request, client)
         request[CLIENT] = client
@@ -279,7 +287,22 @@ class Gateway:
             return self._too_large()
         query = request.rel_url.raw_query_string
         url = URL(f"http://{name}{path}" + (f"?{query}" if query else ""), encoded=True)
+        trusted = self.settings.trust_trace_context
+        if trusted or self._edge is None:
+            return await self._send(request, client, url, body, trusted=trusted)
+        with self._edge.span(request, name) as answered:  # _edge_trace.py, rule 2
+            response = await self._send(request, client, url, body, trusted=False)
+            answered(response.status)
+            return response
+
+    async def _send(
+        self, request: web.Request, client: Caller, url: URL, body: bytes, *, trusted: bool
+    ) -> web.StreamResponse:
+        """Forward the request (gate passed, body read) and relay the answer."""
+        name = request[PROVIDER]
         drop = _DROP_SIGNED if client.signed else _DROP_REQUEST
+        if not trusted:
+            drop = drop | TRACE_HEADERS
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
         assert self._session is not None
         try:
@@ -293,7 +316,11 @@ class Gateway:
                 if client.api_key_id is not None:
                     identity.enter_context(use_api_key_id(client.api_key_id))
                 upstream = await self._session.request(
-                    request.method, url, headers=headers, data=body or None
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body or None,
+                    skip_auto_headers=_NO_AUTO_HEADERS,
                 )
         except ProviderNotFound:
             return self._unknown(name, client)  # unregistered by a reload meanwhile
@@ -365,67 +392,3 @@ class Gateway:
         limit = self.max_body_bytes
         message = f"request body is larger than the limit of {limit} bytes"
         return _error(413, "request_too_large", message, limit=limit)
-
-    # -- access log --------------------------------------------------------------
-
-    @web.middleware
-    async def _access_log(
-        self,
-        request: web.Request,
-        handler: Handler,
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
-        response: web.StreamResponse | None = None
-        outcome = "error"
-        try:
-            response = await handler(request)
-            outcome = "completed"
-            return response
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except web.HTTPException as exc:
-            response, outcome = exc, "completed"
-            raise
-        finally:
-            self._log(request, response, outcome, time.perf_counter() - started)
-
-    def _log(
-        self,
-        request: web.Request,
-        response: web.StreamResponse | None,
-        outcome: str,
-        seconds: float,
-    ) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        client = request.get(CLIENT)
-        response = response or request.get(RESPONSE)  # a stream that broke had started
-        if response is None:
-            status, sent = (0 if outcome == "cancelled" else 500), 0
-        elif isinstance(response, web.Response):
-            status, sent = response.status, response.content_length or 0
-        else:
-            status, sent = response.status, request.get(SENT, 0)
-        line = {
-            "method": request.method,
-            "path": request.rel_url.raw_path,
-            "provider": request.get(PROVIDER),
-            "client": client.name if client is not None else None,
-            "source": str(client.source) if client and client.source else None,
-            "status": status,
-            "outcome": outcome,
-            "duration_ms": round(seconds * 1000, 3),
-            "bytes_in": request.content.total_bytes,
-            "bytes_out": sent,
-            "remote": request.remote,
-        }
-        access_log.info(json.dumps(line, separators=(",", ":")))
-
-    def rejected(self, remote: str | None, status: int, outcome: str) -> None:
-        """The access-log line of what never reached a handler (malformed
-        HTTP, a head that timed out): nothing of the request is repeated."""
-        if access_log.isEnabledFor(logging.INFO):
-            nobody = dict.fromkeys(("method", "path", "provider", "client", "source"))
-            line = {**nobody, "status": status, "outcome": outcome, "remote": remote}
-            access_log.info(json.dumps(line, separators=(",", ":")))

@@ -80,7 +80,8 @@ class Reloader:
     :attr:`listening_on` is the ``server.listen`` the server was started
     with (None when the address came from elsewhere, such as ``serve
     --listen``); a reload whose ``server.listen`` differs from it logs that
-    a restart is needed to apply it.
+    a restart is needed to apply it. So does one that adds, changes or
+    removes ``server.admin_listen`` (:attr:`admin_on`, as started).
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._reloads = _ReloadMetrics(mesh.registry)
         self.listening_on: str | None = config.server.listen
+        self.admin_on: tuple[str, int] | None = config.server.admin
 
     def install(self) -> None:
         """Register the providers of :attr:`config` on the (not yet started) mesh."""
@@ -104,8 +106,9 @@ class Reloader:
         for name, route in self.config.routes.items():
             self.mesh.add_route(name, route.split, sticky=route.sticky)
 
-    async def reload(self) -> bool:
-        """Read the config file again and swap its table in.
+    async def reload(self, content: bytes | None = None) -> bool:
+        """Read the config file again (or take ``content``, its bytes read
+        already) and swap its table in.
 
         Returns:
             True if the new table runs; False if the file had errors or a
@@ -114,7 +117,7 @@ class Reloader:
         async with self._lock:
             path = self.config.path
             try:
-                config = load_config(path, self._environ)
+                config = load_config(path, self._environ, content=content)
             except ConfigError as exc:
                 self._reloads.failure += 1
                 log.error("config reload rejected, the running table is unchanged:\n%s", exc)
@@ -150,10 +153,25 @@ class Reloader:
                     path,
                     self.listening_on,
                 )
+            if config.server.admin != self.admin_on:
+                log.warning(
+                    "server.admin_listen is %s in %s, the admin listener is %s: "
+                    "restart to apply it",
+                    _shown(config.server.admin, "unset"),
+                    path,
+                    _shown(self.admin_on, "not started (admin_listen was unset)"),
+                )
             self.config, self._apps = config, apps
             self._reloads.success += 1
             log.info("config reloaded from %s: providers %s", path, ", ".join(apps))
             return True
+
+
+def _shown(address: tuple[str, int] | None, otherwise: str) -> str:
+    if address is None:
+        return otherwise
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def mesh_from_config(

@@ -102,6 +102,8 @@ class Service:
         reuse_port: listen with ``SO_REUSEPORT`` (a worker of ``serve --workers``).
         admin: where the admin listener listens, instead of ``server.admin_listen``
             (which must be set for there to be one).
+        tracer_provider: an OpenTelemetry ``TracerProvider`` for the mesh and the
+            gateway (by default the global one, if set before the start).
     """
 
     def __init__(
@@ -113,11 +115,16 @@ class Service:
         registry: CollectorRegistry | None = None,
         reuse_port: bool = False,
         admin: tuple[str, int] | None = None,
+        tracer_provider: object | None = None,
     ) -> None:
-        self.mesh = Mesh(registry=registry, grace_period=config.server.grace_period)
+        self.mesh = Mesh(
+            registry=registry,
+            grace_period=config.server.grace_period,
+            tracer_provider=tracer_provider,
+        )
         self.reloader = Reloader(self.mesh, config)
         self.reloader.install()
-        self.gateway = Gateway(self.reloader)
+        self.gateway = Gateway(self.reloader, tracer_provider=tracer_provider)
         self._host = host if host is not None else config.server.host
         self._port = port if port is not None else config.server.port
         self._reuse_port = reuse_port
@@ -202,16 +209,24 @@ class Service:
 
 
 async def serve_until_signalled(
-    service: Service, stopped: asyncio.Event | None = None, *, pid_file: bool = True
+    service: Service,
+    stopped: asyncio.Event | None = None,
+    *,
+    pid_file: bool = True,
+    on_hup: Callable[[], None] | None = None,
 ) -> None:
     """Run a started service until SIGTERM/SIGINT (or ``stopped`` is set);
-    SIGHUP reloads its config. Writes the pid file while it runs, unless
-    ``pid_file`` is false (a worker: the supervisor of the workers writes it)."""
+    SIGHUP reloads its config (or calls ``on_hup``: a worker asks its
+    supervisor). Writes the pid file while it runs, unless ``pid_file`` is
+    false (a worker: the supervisor of the workers writes it)."""
     loop = asyncio.get_running_loop()
     stopped = stopped or asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
 
     def reload() -> None:
+        if on_hup is not None:
+            on_hup()
+            return
         task = loop.create_task(service.reloader.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -226,6 +241,9 @@ async def serve_until_signalled(
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
+    # A worker starts with SIGHUP blocked (_workers.py): one sent meanwhile waited
+    # for this handler, and comes now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
         if path is not None:
             write_pid_file(path)

@@ -78,9 +78,10 @@ def pytest_configure(config: pytest.Config) -> None:
         from . import _compat
         from ._sentinel import Sentinel
 
-        config.stash[_compat.SENTINEL] = Sentinel()
-        config.stash[_compat.STATS] = _compat.Stats()
+        config.stash[_compat.SENTINEL] = Sentinel()  # its thread starts with a first server
+        stats = config.stash[_compat.STATS] = _compat.Stats()
         config.pluginmanager.register(_compat, "meshbridge-aiohttp")
+        config.pluginmanager.register(_compat.Reports(stats), "meshbridge-aiohttp-reports")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -99,9 +100,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     from . import _compat
 
     stats = config.stash[_compat.STATS]
+    needed = (
+        f", {stats.socket} needed a socket (failed: mark them meshbridge_socket)"
+        if stats.socket
+        else ""
+    )
     terminalreporter.write_line(
         f"meshbridge: {stats.mesh} tests served their aiohttp test servers through a mesh, "
-        f"{stats.tcp} over TCP ({stats.marked} marked meshbridge_socket)"
+        f"{stats.tcp} over TCP ({stats.marked} marked meshbridge_socket){needed}"
     )
 
 

@@ -170,6 +170,23 @@ async def test_every_method_and_path_goes_to_the_url_with_its_query(
     assert seen["body"] == (data or b"").decode()
 
 
+@pytest.mark.parametrize("path", ["/billing/", "/billing//", "/"])
+@pytest.mark.parametrize("given", ["config", "options"])
+async def test_a_url_with_a_trailing_slash_sends_one_slash_before_the_path(
+    mesh: Mesh, upstream: Upstream, path: str, given: str
+) -> None:
+    server = await upstream(upstream_app())
+    if given == "config":
+        await start(mesh, server, path=path)
+    else:  # RemoteOptions made in code, not read from a config
+        options = remote_kind.RemoteOptions(URL(str(server.make_url("/")).rstrip("/") + path))
+        mesh.register("billing", remote_kind.create_app(options, context(mesh, "billing")))
+        await mesh.start()
+    async with mesh.session() as s, s.get("http://billing/v1/x?y=1") as r:
+        seen = await r.json()
+    assert seen["target"] == path.rstrip("/") + "/v1/x?y=1"
+
+
 async def test_hop_by_hop_headers_are_dropped_both_ways(mesh: Mesh, upstream: Upstream) -> None:
     await start(mesh, await upstream(upstream_app()))
     sent = {

@@ -13,18 +13,19 @@ import pytest
 
 from meshbridge.service import Service, load_config
 
-ServiceFactory = Callable[[str], Coroutine[Any, Any, Service]]
+ServiceFactory = Callable[..., Coroutine[Any, Any, Service]]  # (text, **Service kwargs)
 
 
 @pytest.fixture
 async def serve(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
-    """Start a Service for a config text on a free port; stopped on teardown."""
+    """Start a Service for a config text on a free port (keyword arguments go
+    to Service); stopped on teardown."""
     services: list[Service] = []
 
-    async def start(text: str) -> Service:
+    async def start(text: str, **kwargs: Any) -> Service:
         path = tmp_path / f"config-{len(services)}.toml"
         path.write_text(text)
-        service = Service(load_config(path), port=0)
+        service = Service(load_config(path), port=0, **kwargs)
         await service.start()
         services.append(service)
         return service

@@ -544,6 +544,23 @@ def test_admin_listen_and_the_limits_are_checked_with_every_error_at_once(
     }
 
 
+def test_a_client_token_with_surrounding_whitespace_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PADDED_TOKEN", "token-from-the-env\n")  # as `echo ... >` leaves it
+    path = tmp_path / "padded.toml"
+    path.write_text(
+        '[server.clients.one]\ntoken = " token-with-a-space"\n'
+        '[server.clients.two]\ntoken_env = "PADDED_TOKEN"\n' + PROVIDERS
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert list(caught.value.errors) == [
+        ("server.clients.one.token", "expected a token without leading or trailing whitespace"),
+        ("server.clients.two.token_env", "expected a token without leading or trailing whitespace"),
+    ]
+
+
 def test_an_upstream_url_with_credentials_is_refused_without_repeating_them(
     tmp_path: Path,
 ) -> None:

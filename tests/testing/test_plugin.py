@@ -282,8 +282,9 @@ def test_a_test_that_needs_a_socket_fails_saying_so_and_how_to_opt_out(
     )
     result.stdout.fnmatch_lines(
         [
-            "meshbridge: 4 tests served their aiohttp test servers through a mesh, "
-            "1 over TCP (1 marked meshbridge_socket)"
+            "meshbridge: 0 tests served their aiohttp test servers through a mesh, "
+            "1 over TCP (1 marked meshbridge_socket), "
+            "4 needed a socket (failed: mark them meshbridge_socket)"
         ]
     )
 
