@@ -375,11 +375,6 @@ async def test_a_body_cut_short_fails_the_callers_read(mesh: Mesh, upstream: Ups
             await r.read()
 
 
-@pytest.mark.xfail(
-    reason="issue 17 asks for one log line per broken upstream stream; the handler's "
-    "RemoteStreamError reaches aiohttp.server, which logs it with a traceback",
-    strict=True,
-)
 async def test_a_body_cut_short_is_logged_in_one_line_without_a_traceback(
     mesh: Mesh, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
