@@ -27,6 +27,7 @@ from ._config import (
 )
 from ._demo import run_demo
 from ._gateway import Gateway
+from ._redis_store import RedisStore
 from ._reload import Reloader, mesh_from_config
 from ._service import Service, pid_file_for, serve_until_signalled
 
@@ -37,6 +38,7 @@ __all__ = [
     "Gateway",
     "PeerConfig",
     "ProviderConfig",
+    "RedisStore",
     "Reloader",
     "ServerConfig",
     "Service",
