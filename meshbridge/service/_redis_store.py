@@ -136,7 +136,8 @@ for i = 1, #KEYS do
   local key, kind, limit = KEYS[i], ARGV[j], tonumber(ARGV[j + 1])
   local amount, period = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
   if kind == 'bucket' then
-    out[i] = tostring(set_level(key, limit, period, math.min(limit, level(key, limit, period) - amount)))
+    local value = math.min(limit, level(key, limit, period) - amount)
+    out[i] = tostring(set_level(key, limit, period, value))
   elseif kind == 'total' then
     out[i] = tostring(add_total(key, amount, period))
   else
