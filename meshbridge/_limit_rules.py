@@ -135,12 +135,13 @@ class Rules:
 
     def shared(self, now: float) -> list[Held]:
         """The counters of the limits without ``"*"``, at ``now``."""
-        return [
-            Held(rule, *self.counter(rule, now), 0.0)
-            for limit in self.limits
-            if not limit.per_caller
-            for rule in self.of(limit, {})
-        ]
+        held = []
+        for limit in self.limits:
+            if not limit.per_caller:
+                for rule in self.of(limit, {}):
+                    counter, end = self.counter(rule, now)
+                    held.append(Held(rule, counter, 0.0, end))
+        return held
 
     @staticmethod
     def caller(rule: Rule, key: str) -> tuple[dict[str, str], str | None] | None:
