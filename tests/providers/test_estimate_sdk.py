@@ -45,7 +45,7 @@ async def mesh(make_mesh: MeshFactory, app: web.Application) -> Mesh:
 
 
 def last_estimate(app: web.Application) -> Estimate:
-    (method, path, body), *_ = reversed(app[SEEN])
+    method, path, body = app[SEEN][-1]
     return estimate_tokens(method, path, body)
 
 
