@@ -17,8 +17,11 @@ Rules of the Redis store (those of ``LimitStore``, and):
    after its last lease, a total ``period`` seconds after its last change.
 3. Keys are ``PREFIX:COUNTER-KEY``; nothing outside ``PREFIX:`` is touched.
 4. Redis errors are raised as they are: the limiter turns them into
-   ``on_store_failure``. The client fails fast (no retries of its own):
-   the limiter decides when to try again.
+   ``on_store_failure`` and decides when to try again. The client tries a
+   command once more, at once, on a new connection when its connection
+   failed (a Redis that restarted closed every pooled connection); a
+   command that timed out after Redis ran it may so count a call twice,
+   which errs on the side of the limit, never past it.
 """
 
 from __future__ import annotations
@@ -214,7 +217,7 @@ class RedisStore:
                 timeout=timeout * 10,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
+                retry=Retry(NoBackoff(), 1),
             )
             client = Redis.from_pool(pool)  # the client owns the pool: aclose closes both
         self._client = client
