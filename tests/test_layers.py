@@ -70,7 +70,7 @@ def test_the_core_imports_neither_the_providers_nor_the_service() -> None:
         f"{path.relative_to(ROOT)} imports {name}"
         for path in core_files()
         for name in imports(path)
-        if is_under(name, (*UPPER, "providers", "tomllib"))
+        if is_under(name, (*UPPER, "providers", "tomllib", "redis"))
     }
     assert not wrong
 
@@ -119,7 +119,7 @@ def test_importing_the_core_loads_no_other_layer_and_no_toml_parser() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.split()
     assert "meshbridge" in loaded
-    assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib"))]
+    assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib", "redis"))]
     # tracing is optional and lazy: installed (the SDKs depend on it) yet not loaded
     assert not [m for m in loaded if is_under(m, ("opentelemetry", "meshbridge._otel"))]
 
