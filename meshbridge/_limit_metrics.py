@@ -3,7 +3,8 @@
 * ``meshbridge_limited_total{limit,source,reason}``: calls refused.
 * ``meshbridge_limit_remaining{limit,kind}``: what a limit has left, for
   limits whose match has no ``"*"`` (one counter each: a caller can never
-  add a series).
+  add a series); ``meshbridge_limit_allowed{limit,kind}``: what they allow,
+  so that a rule can tell how much of a budget is spent.
 * ``meshbridge_store_errors_total{operation}``: store operations that failed.
 * ``meshbridge_store_up``: 1 while the store answers, 0 after a failure
   until it answers again.
@@ -32,6 +33,7 @@ class LimitMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.limited: dict[tuple[str, str, str], int] = {}
         self.remaining: dict[tuple[str, str], float] = {}
+        self.allowed: dict[tuple[str, str], float] = {}
         self.store_errors = dict.fromkeys(OPERATIONS, 0)
         self.store_up = 1
         if registry is not None:
@@ -45,19 +47,25 @@ class LimitMetrics:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        limited, remaining, errors, up = self._families()
+        limited, remaining, allowed, errors, up = self._families()
         for labels, count in list(self.limited.items()):
             limited.add_metric(list(labels), count)
         for (limit, kind), value in sorted(self.remaining.items()):
             remaining.add_metric([limit, kind], value)
+        for (limit, kind), value in self.allowed.items():
+            allowed.add_metric([limit, kind], value)
         for operation, count in self.store_errors.items():
             errors.add_metric([operation], count)
         up.add_metric([], self.store_up)
-        yield from (limited, remaining, errors, up)
+        yield from (limited, remaining, allowed, errors, up)
 
     @staticmethod
     def _families() -> tuple[
-        CounterMetricFamily, GaugeMetricFamily, CounterMetricFamily, GaugeMetricFamily
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        CounterMetricFamily,
+        GaugeMetricFamily,
     ]:
         return (
             CounterMetricFamily(
@@ -70,6 +78,11 @@ class LimitMetrics:
                 "meshbridge_limit_remaining",
                 "What a limit has left (requests, tokens, calls or spend), for limits "
                 "whose match has no '*'.",
+                labels=["limit", "kind"],
+            ),
+            GaugeMetricFamily(
+                "meshbridge_limit_allowed",
+                "What a limit allows, for limits whose match has no '*'.",
                 labels=["limit", "kind"],
             ),
             CounterMetricFamily(

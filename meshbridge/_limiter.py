@@ -194,6 +194,8 @@ class Limiter:
         self._retry_interval = float(retry_interval)
         self._default_output = default_output_tokens
         self._metrics = LimitMetrics(registry)
+        for item in self._rules.shared(clock()):
+            self._metrics.allowed[(item.rule.limit.name, item.rule.kind)] = item.rule.amount
         self._live: weakref.WeakValueDictionary[str, Ticket] = weakref.WeakValueDictionary()
         self._pending: set[asyncio.Task[None]] = set()
         self._maintenance: asyncio.Task[None] | None = None

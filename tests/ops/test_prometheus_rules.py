@@ -18,6 +18,8 @@ REQUIRED_ALERTS = {
     "MeshbridgeCircuitOpen",
     "MeshbridgeRetryStorm",
     "MeshbridgeCallerErrors",
+    "MeshbridgeBudgetNearlySpent",
+    "MeshbridgeLimitStoreDown",
 }
 
 
