@@ -29,7 +29,7 @@ from ._record import CallRecord
 
 __all__ = ["GRACE", "MINUTE", "Held", "Rule", "Rules"]
 
-GRACE: Final = 3600.0  # seconds a calendar total outlives its period: late settlements land
+GRACE: Final = 3600.0  # seconds a calendar total outlives its period, for late settlements
 MINUTE: Final = 60.0
 MAX_IDENTITIES: Final = 4096  # callers whose matching limits are remembered
 _DATED: Final = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")  # gpt-4o-2024-08-06, ...-20241022
@@ -84,6 +84,8 @@ class Rules:
         self.calendar = Calendar(zone)
         self.lease_seconds = lease_seconds
         self._matched: dict[CallIdentity, tuple[Rule, ...]] = {}
+        # calendar counters by rule key: (period start, counter, period end)
+        self._periods: dict[str, tuple[float, LimitCounter, float]] = {}
         listed = self.prices.values()
         self._highest = Price(
             max((p.input for p in listed), default=0.0),
@@ -126,12 +128,23 @@ class Rules:
         return rules
 
     def counter(self, rule: Rule, now: float) -> tuple[LimitCounter, float]:
-        """The rule's counter at ``now``, and its calendar period's end (else 0)."""
+        """The rule's counter at ``now``, and its calendar period's end (else 0).
+
+        A calendar total lives its period's length and :data:`GRACE` after
+        its last change (which is before the period ends, but for a late
+        settlement): long enough, and the same counter all period long."""
         if rule.counter is not None:
             return rule.counter, 0.0
+        known = self._periods.get(rule.base)
+        if known is not None and known[0] <= now < known[2]:
+            return known[1], known[2]
         period = self.calendar.period(rule.spec.period, now)
-        key = f"{rule.base}/{period.name}"
-        return LimitCounter(key, TOTAL, rule.amount, period.end - now + GRACE), period.end
+        ttl = period.end - period.start + GRACE
+        counter = LimitCounter(f"{rule.base}/{period.name}", TOTAL, rule.amount, ttl)
+        if len(self._periods) >= MAX_IDENTITIES:
+            self._periods.clear()
+        self._periods[rule.base] = (period.start, counter, period.end)
+        return counter, period.end
 
     def shared(self, now: float) -> list[Held]:
         """The counters of the limits without ``"*"``, at ``now``."""
@@ -174,7 +187,7 @@ class Rules:
         spend = None
         held = []
         for rule in rules:
-            counter, end = self.counter(rule, now)
+            counter, end = (rule.counter, 0.0) if rule.counter else self.counter(rule, now)
             measure = rule.spec.measure
             if measure == "tokens":
                 cost = min(float(estimate.tokens), rule.amount)
@@ -217,8 +230,8 @@ class Rules:
                     spend = self.price(model).cost(usage)
                 used = spend
             delta = used - item.reserved if recorded else used
-            if counter.kind == TOTAL:
-                counter = counter._replace(period=max(item.end - now, 0.0) + GRACE)
+            if counter.kind == TOTAL and now >= item.end:  # a call that ended after its period
+                counter = counter._replace(period=item.end + GRACE - now)
             if delta:
                 charges.append((item, (counter, delta)))
         return charges

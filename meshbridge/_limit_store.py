@@ -156,12 +156,16 @@ class InProcessStore:
     ) -> tuple[bool, list[float]]:
         with self._lock:
             used = [self._used(now, counter) for counter, _ in charges]
-            if any(u >= c.limit for u, (c, _) in zip(used, charges, strict=True)):
-                return False, [
-                    self._wait(now, c, u) if u >= c.limit else -1.0
-                    for u, (c, _) in zip(used, charges, strict=True)
-                ]
-            after = [self._add(now, call, counter, amount) for counter, amount in charges]
+            for u, (counter, _) in zip(used, charges, strict=True):
+                if u >= counter.limit:
+                    return False, [
+                        self._wait(now, c, u) if u >= c.limit else -1.0
+                        for u, (c, _) in zip(used, charges, strict=True)
+                    ]
+            after = [
+                self._add(now, call, counter, amount, u)
+                for u, (counter, amount) in zip(used, charges, strict=True)
+            ]
             self._admitted += 1
             if self._admitted % _SWEEP_EVERY == 0:
                 self._sweep(now)
@@ -175,9 +179,11 @@ class InProcessStore:
                     leases = self._leases.get(counter.key)
                     if leases is not None:
                         leases.pop(call, None)
-                elif counter.kind in (BUCKET, TOTAL):
-                    self._add(now, call, counter, amount)
-                after.append(self._used(now, counter))
+                    after.append(self._used(now, counter))
+                elif counter.kind == WINDOW:
+                    after.append(self._used(now, counter))
+                else:
+                    after.append(self._add(now, call, counter, amount, self._used(now, counter)))
             return after
 
     async def renew(self, now: float, leases: Sequence[tuple[LimitCounter, str]]) -> None:
@@ -235,24 +241,33 @@ class InProcessStore:
             return (used - counter.limit) * counter.period / counter.limit
         return 0.0
 
-    def _add(self, now: float, call: str, counter: LimitCounter, amount: float) -> float:
+    def _add(
+        self, now: float, call: str, counter: LimitCounter, amount: float, used: float
+    ) -> float:
+        """Add ``amount`` to a counter whose use is ``used``; its use after."""
         key, kind, limit, period = counter
         if kind == WINDOW:
             window = self._windows.get(key)
             if window is None:
                 window = self._windows[key] = _Window(period)
             window.entries.append(now)
-        elif kind == BUCKET:
-            level = limit - self._used(now, counter)
-            bucket = self._buckets.setdefault(key, _Bucket(level, now))
-            bucket.level, bucket.at = min(limit, level - amount), now
-            bucket.full_at = now + (limit - bucket.level) * period / limit
-        elif kind == LEASE:
+            return used + 1
+        if kind == BUCKET:
+            level = min(limit, limit - used - amount)
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = _Bucket(level, now)
+            bucket.level, bucket.at = level, now
+            bucket.full_at = now + (limit - level) * period / limit
+            return limit - level
+        if kind == LEASE:
             self._leases.setdefault(key, {})[call] = now + period
-        elif period > 0:  # a total whose period is over is not made again
-            value = max(0.0, self._used(now, counter) + amount)
-            self._totals[key] = [value, now + period]
-        return self._used(now, counter)
+            return used + 1
+        if period <= 0:  # a total whose period is over is not made again
+            return used
+        value = max(0.0, used + amount)
+        self._totals[key] = [value, now + period]
+        return value
 
     def _sweep(self, now: float) -> None:
         """Forget counters that hold nothing any more."""

@@ -67,6 +67,7 @@ FAILURE_MODES: Final = ("open", "closed")
 CONCURRENCY_RETRY_AFTER: Final = 1.0
 REFRESH_INTERVAL: Final = 5.0  # seconds between two refreshes of the remaining gauges
 _MIN_WAIT: Final = 0.001
+_NOTHING: Final = Estimate()
 
 
 class Ticket:
@@ -255,7 +256,7 @@ class Limiter:
         Returns:
             A :class:`Ticket` to settle when the call ends, or a :class:`Refusal`.
         """
-        estimate = estimate or Estimate()
+        estimate = estimate or _NOTHING
         now = self._clock()
         call = f"{self._me}.{next(self._calls):x}"
         rules = self._rules.matching(identity)
@@ -276,9 +277,12 @@ class Limiter:
             return self._refuse(identity, held, values, now)
         self._show(held, values)
         ticket = Ticket(call, identity, held, estimate.model, recorded=True)
-        if any(h.counter.kind == LEASE for h in held):
-            self._live[call] = ticket
-        self._start_maintenance()
+        for item in held:
+            if item.counter.kind == LEASE:  # renewed while the call runs
+                self._live[call] = ticket
+                break
+        if self._maintenance is None:
+            self._start_maintenance()
         return ticket
 
     def _unrecorded(
