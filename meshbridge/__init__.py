@@ -17,8 +17,9 @@ from ._connector import MeshConnector
 from ._estimate import Estimate, estimate_tokens
 from ._exceptions import ConfigError, MeshError, MeshNotRunning, MissingAPIKeyID, ProviderNotFound
 from ._exchange import api_key_id_of, record_tokens, source_of
+from ._limit_rules import LimitUse, Refusal, Ticket
 from ._limit_store import InProcessStore, LimitCounter, LimitStore
-from ._limiter import Limiter, LimitUse, Refusal, Ticket
+from ._limiter import Limiter
 from ._limits import CallIdentity, Limit, Price, TokenUsage
 from ._mesh import Mesh
 from ._policy import CircuitBreaker, Fault, Policy, Route

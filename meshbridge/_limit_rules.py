@@ -9,13 +9,15 @@ it computes to the store. Counter keys (what a store sees) are::
     LIMIT/KIND[/KEY=VALUE...]/PERIOD        per-key/tokens_per_day/api_key_id=k1/2025-06-14
 
 with each value percent-encoded, so no caller's value can reach into another
-counter's key.
+counter's key. The values the limiter hands out (:class:`Ticket`,
+:class:`Refusal`, :class:`LimitUse`) are here too.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import tzinfo
 from types import MappingProxyType
 from typing import Final, NamedTuple
@@ -27,7 +29,7 @@ from ._limit_store import BUCKET, LEASE, TOTAL, WINDOW, Charge, LimitCounter
 from ._limits import KINDS, CallIdentity, Kind, Limit, Price, TokenUsage
 from ._record import CallRecord
 
-__all__ = ["GRACE", "MINUTE", "Held", "Rule", "Rules"]
+__all__ = ["GRACE", "MINUTE", "Held", "LimitUse", "Refusal", "Rule", "Rules", "Ticket"]
 
 GRACE: Final = 3600.0  # seconds a calendar total outlives its period, for late settlements
 MINUTE: Final = 60.0
@@ -265,3 +267,74 @@ class Rules:
                 matched = True
             counted += matched
         return list(totals.values()), counted
+
+
+class Ticket:
+    """An admitted call's claim on its limits: hand it to :meth:`Limiter.settle`."""
+
+    __slots__ = ("__weakref__", "call", "held", "identity", "model", "recorded", "settled")
+
+    def __init__(
+        self,
+        call: str,
+        identity: CallIdentity,
+        held: Sequence[Held],
+        model: str | None,
+        recorded: bool,
+    ) -> None:
+        self.call = call
+        self.identity = identity
+        self.held = held
+        self.model = model
+        self.recorded = recorded  # False: admitted while the store was unreachable
+        self.settled = False
+
+    def __repr__(self) -> str:
+        limits = sorted({h.rule.limit.name for h in self.held})
+        return f"<Ticket {self.call} limits={limits} recorded={self.recorded}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a call may not run now.
+
+    Attributes:
+        limit: the limit that refused it (the one that frees up last).
+        kind: which of its kinds (``requests_per_minute``...).
+        reason: ``rate-limited`` (per minute, concurrency), ``budget-exhausted``
+            (day and month budgets) or ``store-unavailable``.
+        retry_after: seconds until the call may pass (for ``Retry-After``).
+        status: 429, or 503 for ``store-unavailable``.
+        message: one sentence for the caller.
+    """
+
+    limit: str
+    kind: str
+    reason: str
+    retry_after: float
+    status: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class LimitUse:
+    """One counter of a limit, as :meth:`Limiter.usage` lists it.
+
+    Attributes:
+        limit, kind: which limit and kind.
+        caller: the values of the match's ``"*"`` keys ({} without any).
+        used: what is used (tokens and spend reserved by running calls included).
+        allowed: the limit.
+        remaining: ``allowed - used``, at least 0.
+        period: the calendar period (``2025-06-14``, ``2025-06``) or None.
+        resets: when that period ends, seconds since the epoch (None: no period).
+    """
+
+    limit: str
+    kind: str
+    caller: Mapping[str, str]
+    used: float
+    allowed: float
+    remaining: float
+    period: str | None = None
+    resets: float | None = None

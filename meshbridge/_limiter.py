@@ -44,7 +44,6 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Final
 
@@ -52,13 +51,13 @@ from prometheus_client import CollectorRegistry
 
 from ._estimate import DEFAULT_OUTPUT, Estimate, estimate_tokens
 from ._limit_metrics import LimitMetrics
-from ._limit_rules import Held, Rules
+from ._limit_rules import Held, LimitUse, Refusal, Rules, Ticket
 from ._limit_store import LEASE, TOTAL, InProcessStore, LimitStore
 from ._limits import CallIdentity, Limit, Price, TokenUsage, fmt_amount
 from ._metrics import source_label
 from ._record import CallRecord
 
-__all__ = ["LimitUse", "Limiter", "Refusal", "Ticket"]
+__all__ = ["Limiter"]
 
 log = logging.getLogger("meshbridge")
 
@@ -68,77 +67,6 @@ CONCURRENCY_RETRY_AFTER: Final = 1.0
 REFRESH_INTERVAL: Final = 5.0  # seconds between two refreshes of the remaining gauges
 _MIN_WAIT: Final = 0.001
 _NOTHING: Final = Estimate()
-
-
-class Ticket:
-    """An admitted call's claim on its limits: hand it to :meth:`Limiter.settle`."""
-
-    __slots__ = ("__weakref__", "call", "held", "identity", "model", "recorded", "settled")
-
-    def __init__(
-        self,
-        call: str,
-        identity: CallIdentity,
-        held: Sequence[Held],
-        model: str | None,
-        recorded: bool,
-    ) -> None:
-        self.call = call
-        self.identity = identity
-        self.held = held
-        self.model = model
-        self.recorded = recorded  # False: admitted while the store was unreachable
-        self.settled = False
-
-    def __repr__(self) -> str:
-        limits = sorted({h.rule.limit.name for h in self.held})
-        return f"<Ticket {self.call} limits={limits} recorded={self.recorded}>"
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a call may not run now.
-
-    Attributes:
-        limit: the limit that refused it (the one that frees up last).
-        kind: which of its kinds (``requests_per_minute``...).
-        reason: ``rate-limited`` (per minute, concurrency), ``budget-exhausted``
-            (day and month budgets) or ``store-unavailable``.
-        retry_after: seconds until the call may pass (for ``Retry-After``).
-        status: 429, or 503 for ``store-unavailable``.
-        message: one sentence for the caller.
-    """
-
-    limit: str
-    kind: str
-    reason: str
-    retry_after: float
-    status: int
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class LimitUse:
-    """One counter of a limit, as :meth:`Limiter.usage` lists it.
-
-    Attributes:
-        limit, kind: which limit and kind.
-        caller: the values of the match's ``"*"`` keys ({} without any).
-        used: what is used (tokens and spend reserved by running calls included).
-        allowed: the limit.
-        remaining: ``allowed - used``, at least 0.
-        period: the calendar period (``2025-06-14``, ``2025-06``) or None.
-        resets: when that period ends, seconds since the epoch (None: no period).
-    """
-
-    limit: str
-    kind: str
-    caller: Mapping[str, str]
-    used: float
-    allowed: float
-    remaining: float
-    period: str | None = None
-    resets: float | None = None
 
 
 class Limiter:

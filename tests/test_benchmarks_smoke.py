@@ -211,3 +211,15 @@ def test_the_cost_of_traffic_policies_is_measured(tmp_path: Path) -> None:
     assert figures["retried"]["ratio"] > 0
     # a retried 32 KiB body is kept once for its replay, never more than the limit
     assert 32 * 1024 <= figures["kept"]["body_32k"] <= figures["kept"]["replay_limit"]
+
+
+def test_the_cost_of_limits_is_measured(tmp_path: Path) -> None:
+    out = tmp_path / "limits.json"
+    done = run_benchmarks("limits", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr == ""
+    figures = json.loads(out.read_text())
+    # figures only (no timing asserted): every row was measured, Redis where installed
+    expected = {"none", "unmatched", "one_rpm", "in_process"}
+    assert set(figures) in (expected, expected | {"redis"})
+    assert all(row["cpu_us"] > 0 for row in figures.values())
