@@ -363,8 +363,14 @@ class Limiter:
         self._answered()
         self._show(shared, values)
 
-    async def aclose(self) -> None:
-        """Stop the background task, finish pending settlements, close the store."""
+    async def aclose(self, *, close_store: bool = True) -> None:
+        """Stop the background task, finish pending settlements, close the store.
+
+        Args:
+            close_store: False to leave the store open, for a new limiter
+                that takes it over (new limits on a config reload keep their
+                counters: a counter is named by its limit and kind).
+        """
         self._closed = True
         if self._maintenance is not None:
             self._maintenance.cancel()
@@ -373,7 +379,8 @@ class Limiter:
             self._maintenance = None
         while self._pending:
             await asyncio.gather(*self._pending)
-        await self._store.aclose()
+        if close_store:
+            await self._store.aclose()
 
     # -- listing and seeding --------------------------------------------------------------
 

@@ -446,3 +446,18 @@ def test_bad_limiter_arguments_are_refused_when_made() -> None:
         Limiter([], time_zone="Mars/Olympus")
     with pytest.raises(ValueError, match="lease_seconds: expected seconds > 0"):
         Limiter([], lease_seconds=0)
+
+
+async def test_a_new_limiter_takes_over_the_store_and_its_counters(clock: Clock) -> None:
+    """What a config reload does: the counters are named by limit and kind."""
+    old = Limiter([Limit("agents", {"source": "agents"}, requests_per_minute=2)], clock=clock)
+    await admitted(old, AGENTS)
+    await old.aclose(close_store=False)
+    new = Limiter(
+        [Limit("agents", {"source": "agents"}, requests_per_minute=2, concurrent=5)],
+        store=old.store,
+        clock=clock,
+    )
+    await admitted(new, AGENTS)
+    await refused(new, AGENTS)
+    await new.aclose()
