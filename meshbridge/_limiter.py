@@ -377,8 +377,10 @@ class Limiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
             self._maintenance = None
-        while self._pending:
-            await asyncio.gather(*self._pending)
+        pending = set(self._pending)
+        while pending:  # settlements may still come while these finish
+            await asyncio.gather(*pending)
+            pending = {task for task in self._pending if not task.done()}
         if close_store:
             await self._store.aclose()
 
