@@ -255,3 +255,15 @@ def test_the_chaos_benchmark_takes_both_targets_through_every_phase_and_back(
     )
     assert served["serve_reloads"] == chaos.SMOKE.serve_reloads
     assert not Path(f"/proc/{doc['serve_pid']}").exists()  # stopped, not left running
+
+
+def test_the_cost_of_limits_is_measured(tmp_path: Path) -> None:
+    out = tmp_path / "limits.json"
+    done = run_benchmarks("limits", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr == ""
+    figures = json.loads(out.read_text())
+    # figures only (no timing asserted): every row was measured, Redis where installed
+    expected = {"none", "unmatched", "one_rpm", "in_process"}
+    assert set(figures) in (expected, expected | {"redis"})
+    assert all(row["cpu_us"] > 0 for row in figures.values())

@@ -42,7 +42,7 @@ def test_importing_the_core_loads_no_other_layer_and_no_toml_parser() -> None:
         env=env,
     ).stdout.split()
     assert "meshbridge" in loaded
-    assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib"))]
+    assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib", "redis"))]
     # tracing is optional and lazy: installed (the SDKs depend on it) yet not loaded
     assert not [m for m in loaded if is_under(m, ("opentelemetry", "meshbridge._otel"))]
 

@@ -27,6 +27,8 @@ from ._config import (
 )
 from ._demo import run_demo
 from ._gateway import Gateway
+from ._limits_config import LimitsConfig, StoreConfig
+from ._redis_store import RedisStore
 from ._reload import Reloader, mesh_from_config
 from ._service import Service, pid_file_for, serve_until_signalled
 
@@ -35,11 +37,14 @@ __all__ = [
     "Config",
     "ConfigError",
     "Gateway",
+    "LimitsConfig",
     "PeerConfig",
     "ProviderConfig",
+    "RedisStore",
     "Reloader",
     "ServerConfig",
     "Service",
+    "StoreConfig",
     "load_config",
     "main",
     "mesh_from_config",

@@ -6,6 +6,7 @@ meshbridge routes CONFIG     print the router table: name, kind, upstream, optio
 meshbridge serve CONFIG      serve the providers over HTTP (SIGHUP reloads;
                              --workers N: N processes on one port)
 meshbridge reload CONFIG     make the running `serve` of CONFIG reload it
+meshbridge limits CONFIG     each limit's use and what remains (--format table|json)
 meshbridge demo              fake providers under a live workload, /metrics on --listen
 meshbridge kinds             list the installed provider kinds
 """
@@ -25,6 +26,7 @@ from meshbridge.providers import kinds
 
 from ._config import Config, load_config, parse_listen
 from ._demo import run_demo
+from ._limits_cli import show_limits
 from ._pidfile import PidFileError, pid_file_for, read_pid_file, running_serve, signal_serve
 from ._service import Service, serve_until_signalled
 from ._worker import WorkerSpec, run_worker
@@ -99,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="signal this pid, once /proc shows it is `meshbridge serve` (of CONFIG, if given)",
     )
+    limits = commands.add_parser(
+        "limits", help="each limit's current use and remaining budget (a shared store)"
+    )
+    limits.add_argument("config", type=Path, metavar="CONFIG")
+    limits.add_argument("--format", choices=("table", "json"), default="table")
     demo = commands.add_parser("demo", help="fake providers under a live workload")
     demo.add_argument(
         "--config", type=Path, metavar="FILE", help="a config instead of the built-in one"
@@ -259,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reload(args.config, args.pid)
     if args.command == "kinds":
         return list_kinds()
+    if args.command == "limits":
+        return show_limits(args.config, args.format)
 
     if not args.access_log:
         logging.getLogger("meshbridge.access").setLevel(logging.WARNING)

@@ -41,6 +41,7 @@ from aiohttp import web
 from meshbridge import ConfigError, Policy, Route, Source, check_api_key_id, check_provider_name
 from meshbridge.providers import KeyRead, Kind, OptionReader, Plan, ProviderContext, kinds
 
+from ._limits_config import LimitsConfig, parse_limits
 from ._peer_auth import PeerConfig, parse_peers
 from ._policies import check_names, parse_policy, parse_route
 from ._toml import MAX_DEPTH, read_toml, too_deep
@@ -129,6 +130,7 @@ class Config:
     providers: Mapping[str, ProviderConfig]
     missing_env: tuple[tuple[str, str], ...] = ()
     routes: Mapping[str, Route] = field(default_factory=dict)  # [routes.NAME]
+    limits: LimitsConfig = field(default_factory=LimitsConfig)  # [limits.*], [prices.*], [store]
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -369,10 +371,14 @@ def parse_config(
     policies = {n: p.policy for n, p in providers.items() if p.policy is not None}
     if tables and len(providers) == len(tables):  # names are only checked against a whole table
         check_names(providers, policies, routes, errors)
+    raw_server = data.get("server")
+    raw_clients = raw_server.get("clients") if isinstance(raw_server, Mapping) else None
+    clients = list(raw_clients) if isinstance(raw_clients, Mapping) else []
+    limits = parse_limits(top, providers=names or (), routes=list(routes), clients=clients)
     top.check_unknown()
     if errors:
         raise ConfigError(errors, path)
-    return Config(Path(path), server, providers, tuple(missing), routes)
+    return Config(Path(path), server, providers, tuple(missing), routes, limits)
 
 
 def load_config(

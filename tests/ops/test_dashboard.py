@@ -44,6 +44,13 @@ ROWS = {
     "Throughput": {"meshbridge_request_bytes_total", "meshbridge_response_bytes_total"},
     "LLM": {"meshbridge_tokens_total", "meshbridge_time_to_first_token_seconds_bucket"},
     "Config reloads": {"meshbridge_config_reloads_total"},
+    "Limits": {
+        "meshbridge_limited_total",
+        "meshbridge_limit_remaining",
+        "meshbridge_limit_allowed",
+        "meshbridge_store_errors_total",
+        "meshbridge_store_up",
+    },
 }
 # The variable filters of families that lack a provider or a source label
 # (every other family takes both). Callers' calls are by the name they used,
@@ -52,6 +59,13 @@ PROVIDER = 'provider=~"$provider"'
 SOURCE = 'source=~"$source"'
 FILTERS = {
     "meshbridge_config_reloads_total": (),
+    # Limits are matched on who calls, each limit across providers; the
+    # remaining budgets and the store belong to no caller.
+    "meshbridge_limited_total": (SOURCE,),
+    "meshbridge_limit_remaining": (),
+    "meshbridge_limit_allowed": (),
+    "meshbridge_store_errors_total": (),
+    "meshbridge_store_up": (),
     "meshbridge_calls_total": ('target=~"$provider"', SOURCE),
     "meshbridge_circuit_state": (PROVIDER,),
     "meshbridge_circuit_transitions_total": (PROVIDER,),
