@@ -36,8 +36,21 @@ class LimitMetrics:
         self.allowed: dict[tuple[str, str], float] = {}
         self.store_errors = dict.fromkeys(OPERATIONS, 0)
         self.store_up = 1
+        self._registry: CollectorRegistry | None = None
         if registry is not None:
+            self.register(registry)
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Register on ``registry``, unless registered on one already."""
+        if self._registry is None:
             registry.register(self)
+            self._registry = registry
+
+    def unregister(self) -> None:
+        """Leave the registry (a limiter replaced by another)."""
+        if self._registry is not None:
+            self._registry.unregister(self)
+            self._registry = None
 
     def refused(self, limit: str, source: str, reason: str) -> None:
         key = (limit, source, reason)

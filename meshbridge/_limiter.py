@@ -55,13 +55,14 @@ from ._limit_rules import Held, LimitUse, Refusal, Rules, Ticket
 from ._limit_store import LEASE, TOTAL, InProcessStore, LimitStore
 from ._limits import CallIdentity, Limit, Price, TokenUsage, fmt_amount
 from ._metrics import source_label
+from ._reasons import Reason
 from ._record import CallRecord
 
 __all__ = ["Limiter"]
 
 log = logging.getLogger("meshbridge")
 
-STORE_UNAVAILABLE: Final = "store-unavailable"
+STORE_UNAVAILABLE: Final = str(Reason.STORE_UNAVAILABLE)
 FAILURE_MODES: Final = ("open", "closed")
 CONCURRENCY_RETRY_AFTER: Final = 1.0
 REFRESH_INTERVAL: Final = 5.0  # seconds between two refreshes of the remaining gauges
@@ -151,6 +152,48 @@ class Limiter:
     @property
     def time_zone(self) -> tzinfo:
         return self._rules.calendar.zone
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Expose the limiter's metrics on ``registry`` (a mesh does this with
+        its own when it takes a limiter that has none); once only."""
+        self._metrics.register(registry)
+
+    def unregister_metrics(self) -> None:
+        """Take the limiter's metrics off the registry they are on."""
+        self._metrics.unregister()
+
+    def reconfigure(
+        self,
+        limits: Iterable[Limit],
+        prices: Mapping[str, Price] | None = None,
+        *,
+        time_zone: str | tzinfo | None = None,
+        on_store_failure: str | None = None,
+    ) -> None:
+        """Take new limits and prices (a config reload), in one step.
+
+        The store and its counters stay: a counter is named by its limit and
+        kind, so a limit that stays keeps what it counted, and calls already
+        admitted settle on the counters they were admitted on.
+
+        Raises:
+            ValueError: as the constructor (nothing changes then).
+        """
+        if on_store_failure is not None and on_store_failure not in FAILURE_MODES:
+            raise ValueError(
+                f"on_store_failure: expected 'open' or 'closed', got {on_store_failure!r}"
+            )
+        zone = self._rules.calendar.zone if time_zone is None else time_zone
+        rules = Rules(tuple(limits), prices or {}, zone, self._lease_seconds)
+        self._rules = rules
+        if on_store_failure is not None:
+            self._open = on_store_failure == "open"
+        self._metrics.allowed.clear()
+        for item in rules.shared(self._clock()):
+            self._metrics.allowed[(item.rule.limit.name, item.rule.kind)] = item.rule.amount
+        remaining = self._metrics.remaining
+        for key in [key for key in remaining if key not in self._metrics.allowed]:
+            del remaining[key]  # a limit (or kind) that went away
 
     def applies(self, identity: CallIdentity) -> bool:
         """Whether any limit matches a call of ``identity``: when not, skip

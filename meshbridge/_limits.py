@@ -31,6 +31,7 @@ from typing import Final, NamedTuple
 
 from ._names import LIMIT, PROVIDER, SOURCE
 from ._policy import _bad, _check
+from ._reasons import Reason
 from ._source import check_api_key_id
 
 __all__ = [
@@ -60,8 +61,8 @@ class Kind(NamedTuple):
         return self.period in ("day", "month")
 
 
-_RATE: Final = "rate-limited"
-_BUDGET: Final = "budget-exhausted"
+_RATE: Final = str(Reason.RATE_LIMITED)
+_BUDGET: Final = str(Reason.BUDGET_EXHAUSTED)
 # Every kind of limit, by the field (and config key) that sets it, in the order listed.
 KINDS: Final[Mapping[str, Kind]] = MappingProxyType(
     {

@@ -86,6 +86,12 @@ class Relay(RelayEnds):
         body = req.body  # a Payload, or b"" for none
         d = self._dispatch = Dispatch(call, None if req.chunked else (body.size if body else 0))
         self._committed = None
+        refusal = call.refusal
+        if refusal is not None:  # a per-caller limit: the provider is never reached
+            d.replayable = False
+            reason = Reason(refusal.reason)
+            self._answer(d, refusal.status, reason, refusal.retry_after, refusal.message)
+            return
         guard = self._guards.get(call.provider)
         if guard is None:  # a route's provider without a policy
             d.replayable = False  # nothing to try again: keep nothing

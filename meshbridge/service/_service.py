@@ -26,11 +26,12 @@ from types import TracebackType
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from meshbridge import Mesh
+from meshbridge import LimitStore, Mesh
 
 from ._config import Config
 from ._gateway import Gateway
 from ._http_guard import Listener
+from ._nonces import FirstUse, SharedNonces
 from ._pidfile import PidFileError, pid_file_for, remove_pid_file, write_pid_file
 from ._reload import Reloader
 
@@ -125,6 +126,17 @@ class Service:
         self.reloader = Reloader(self.mesh, config)
         self.reloader.install()
         self.gateway = Gateway(self.reloader, tracer_provider=tracer_provider)
+        # With a shared store ([store] url), peer nonces are shared by replicas.
+        self._shared_store: LimitStore | None = None
+        if config.limits.store.shared:
+            from ._redis_store import RedisStore  # redis is an extra: loaded when configured
+
+            limiter = self.mesh.limiter
+            store = limiter.store if limiter is not None else config.limits.store.make()
+            if limiter is None:
+                self._shared_store = store  # the service's own: closed with it
+            if isinstance(store, RedisStore):
+                self.share_nonces(store)
         self._host = host if host is not None else config.server.host
         self._port = port if port is not None else config.server.port
         self._reuse_port = reuse_port
@@ -176,6 +188,12 @@ class Service:
         self._runner = runner
         self.gateway.ready = True
 
+    def share_nonces(self, store: FirstUse) -> None:
+        """Check peer signatures' nonces in ``store`` (a shared one, such as
+        Redis), this server's own store standing in while it does not answer."""
+        gate = self.gateway.peers
+        gate.nonces = SharedNonces(store, gate.nonces)
+
     async def aclose(self) -> None:
         """Stop accepting, let in-flight requests finish for the grace period,
         cancel the rest, and shut the providers down."""
@@ -194,6 +212,8 @@ class Service:
                 await runner.cleanup()
         finally:
             await self.mesh.aclose()
+            if self._shared_store is not None:
+                await self._shared_store.aclose()
 
     async def __aenter__(self) -> Service:
         await self.start()

@@ -14,9 +14,8 @@ Resilience row charts fires again and again, a bounded batch of requests every
   ``faulty`` aborts half of its requests by fault injection.
 - the route ``chat`` splits between ``backup`` and ``flaky``.
 - callers go over their limits (:data:`LIMITS`): ``batch`` over its requests
-  per minute, ``agents`` through its daily token budget. Until the mesh
-  admits calls through a :class:`Limiter` itself, the workload asks one the
-  way the mesh will: before the call, and settling it after.
+  per minute, ``agents`` through its daily token budget (the mesh's limiter
+  answers them 429 before their provider is reached).
 
 Its requests are traced (an OpenTelemetry SDK provider, no export), so its
 latency histograms carry exemplars; ``GET /trace-ids`` lists the trace ids
@@ -39,18 +38,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
-from meshbridge import (
-    CallIdentity,
-    CircuitBreaker,
-    Estimate,
-    Fault,
-    Limit,
-    Limiter,
-    Mesh,
-    Policy,
-    Refusal,
-    TokenUsage,
-)
+from meshbridge import CircuitBreaker, Fault, Limit, Limiter, Mesh, Policy, record_tokens
 
 TICK = 0.5  # seconds between two batches of requests
 HANG = 2.0  # how long the slow handlers would take: far past every timeout
@@ -62,6 +50,8 @@ FLIP: web.AppKey[Iterator[int]] = web.AppKey("flip")
 
 
 async def ok(request: web.Request) -> web.Response:
+    # an LLM's answer: its usage is what the limits debit
+    record_tokens(request, "work-model", input=200, output=300)
     return web.json_response({"served_by": request.host})
 
 
@@ -132,33 +122,22 @@ LIMITS = (
     Limit("agents-daily", {"source": "agents", "target": "backup"}, tokens_per_day=5000),
     Limit("per-target", {"target": "*"}, concurrent=100),
 )
-ESTIMATE = Estimate(input=200, output=800)
-USED = TokenUsage(input=200, output=300)
 
 
-async def call(session: aiohttp.ClientSession, name: str, source: str, limiter: Limiter) -> None:
-    identity = CallIdentity(source=source, provider=name, target=name)
-    ticket = await limiter.admit(identity, ESTIMATE)
-    if isinstance(ticket, Refusal):
-        return
-    try:
-        # Cut streams and 5xx answers are what this workload is for.
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(f"http://{name}/v1/work") as response:
-                await response.read()
-    finally:
-        await limiter.settle(ticket, USED)
+async def call(session: aiohttp.ClientSession, name: str) -> None:
+    # Cut streams, 5xx and 429 answers are what this workload is for.
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with session.get(f"http://{name}/v1/work") as response:
+            await response.read()
 
 
-async def drive(mesh: Mesh, limiter: Limiter, stop: asyncio.Event) -> None:
+async def drive(mesh: Mesh, stop: asyncio.Event) -> None:
     timeout = aiohttp.ClientTimeout(total=HANG * 2)
     sessions = {source: mesh.session(source=source, timeout=timeout) for source in SOURCES}
     try:
         for source in itertools.cycle(SOURCES):
             session = sessions[source]
-            batch = [
-                call(session, name, source, limiter) for name, n in BATCH.items() for _ in range(n)
-            ]
+            batch = [call(session, name) for name, n in BATCH.items() for _ in range(n)]
             await asyncio.gather(*batch)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK)
@@ -194,11 +173,10 @@ async def main(host: str, port: int, duration: float) -> None:
     async def trace_ids(request: web.Request) -> web.Response:
         return web.json_response(list(recent.ids))
 
-    async with Mesh(tracer_provider=provider) as mesh:
+    async with Mesh(tracer_provider=provider, limiter=Limiter(LIMITS)) as mesh:
         for name, (handler, policy) in PROVIDERS.items():
             mesh.register(name, app(handler), policy=policy)
         mesh.add_route("chat", {"backup": 80, "flaky": 20})
-        limiter = Limiter(LIMITS, registry=mesh.registry)
         metrics = web.Application()
         metrics.router.add_get("/metrics", mesh.metrics_handler())
         metrics.router.add_get("/trace-ids", trace_ids)
@@ -206,10 +184,9 @@ async def main(host: str, port: int, duration: float) -> None:
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
-            await drive(mesh, limiter, stop)
+            await drive(mesh, stop)
         finally:
             await runner.cleanup()
-            await limiter.aclose()
 
 
 if __name__ == "__main__":
