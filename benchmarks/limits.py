@@ -7,11 +7,12 @@ the neighbours), rounds interleaved, medians:
 * none: the bare request (the baseline);
 * unmatched: limits configured, none matches the caller (``applies``);
 * one rpm: one limit that matches but is never reached, requests per
-  minute only, each request admitted before it is sent and settled after,
-  as the mesh will do it, with the in-process store;
+  minute only, admitted by the mesh before each request reaches its
+  provider (``Mesh(limiter=...)``), with the in-process store;
 * in-process: two limits that match but are never reached (requests,
   tokens and concurrency per minute; a day token budget and a month spend
-  budget per key id: five counters), the same way;
+  budget per key id: five counters), each call also settled when it ends
+  with the tokens its handler reported;
 * redis: the same with the Redis store (a ``redis-server`` started for the
   run on a free port, when the machine has one): CPU of this process, and
   wall time per request, since each admission and settlement is a round
@@ -36,17 +37,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from meshbridge import (
-    CallIdentity,
-    Estimate,
-    Limit,
-    Limiter,
-    LimitStore,
-    Mesh,
-    Price,
-    Ticket,
-    TokenUsage,
-)
+from meshbridge import Limit, Limiter, LimitStore, Mesh, Price, record_tokens
 
 NEVER = 10**12
 LIMITS = (
@@ -56,40 +47,33 @@ LIMITS = (
 )  # fmt: skip
 ONE = (Limit("agents", {"source": "agents"}, requests_per_minute=NEVER),)
 PRICES = {"gpt-4o": Price(2.5, 10.0, 1.25)}
-CALLER = CallIdentity(source="agents", api_key_id="k1", provider="p", target="p")
-STRANGER = CallIdentity(source="batch", provider="p", target="p")
-ESTIMATE = Estimate(500, 1000, "gpt-4o")
-USAGE = TokenUsage(500, 200)
+ASK = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1000}
 
 
 async def ok(request: web.Request) -> web.Response:
+    await request.read()
+    record_tokens(request, "gpt-4o", input=500, output=200)  # what a settlement debits
     return web.Response(text="ok")
 
 
 async def _round(
     store: LimitStore | None,
-    who: CallIdentity | None,
+    source: str | None,
     count: int,
     limits: Sequence[Limit] = LIMITS,
 ) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) per request."""
+    """(CPU seconds, wall seconds) per request; no limiter when ``source`` is None."""
     app = web.Application()
-    app.router.add_get("/", ok)
-    mesh = Mesh()
+    app.router.add_post("/", ok)
+    limiter = Limiter(limits, PRICES, store=store) if source is not None else None
+    mesh = Mesh(limiter=limiter)
     mesh.register("p", app)
-    limiter = Limiter(limits, PRICES, store=store) if who is not None else None
-    async with mesh, mesh.session(source="agents") as session:
+    async with mesh, mesh.session(source=source or "agents", api_key_id="k1") as session:
 
         async def one() -> None:
-            ticket = None
-            if limiter is not None and who is not None and limiter.applies(who):
-                admission = await limiter.admit(who, ESTIMATE)
-                assert isinstance(admission, Ticket), admission
-                ticket = admission
-            async with session.get("http://p/") as response:
+            async with session.post("http://p/", json=ASK) as response:
                 await response.read()
-            if ticket is not None and limiter is not None:
-                await limiter.settle(ticket, USAGE, "gpt-4o")
+                assert response.status == 200, response.status
 
         for _ in range(50):  # warm: connections pooled, code paths hot
             await one()
@@ -97,8 +81,6 @@ async def _round(
         for _ in range(count):
             await one()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    if limiter is not None:
-        await limiter.aclose()
     return cpu / count, wall / count
 
 
@@ -149,8 +131,8 @@ async def run(quick: bool, url: str | None) -> dict[str, dict[str, float]]:
                 from meshbridge.service import RedisStore
 
                 store = RedisStore(url, prefix=f"bench-{time.time_ns()}")
-            who = {"none": None, "unmatched": STRANGER}.get(kind, CALLER)
-            c, w = await _round(store, who, count, ONE if kind == "one_rpm" else LIMITS)
+            source = {"none": None, "unmatched": "batch"}.get(kind, "agents")
+            c, w = await _round(store, source, count, ONE if kind == "one_rpm" else LIMITS)
             cpu[kind].append(c)
             wall[kind].append(w)
     base_cpu, base_wall = statistics.median(cpu["none"]), statistics.median(wall["none"])

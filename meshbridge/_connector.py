@@ -125,13 +125,19 @@ class MeshConnector(ConnectorBase):
         if limiter is not None:
             client = origin[0] if origin is not None else None
             identity = CallIdentity(source, api_key_id, client, first, name)
-            if limiter.applies(identity):
-                admission = await limiter.admit(identity, await _estimate(limiter, req))
+            plan = limiter.plan(identity)
+            if plan is not None:
+                estimate = await _estimate(limiter, req) if plan.estimates else None
+                admission = (
+                    limiter.admit_now(identity, estimate, plan)
+                    if limiter.synchronous
+                    else await limiter.admit(identity, estimate)
+                )
                 if isinstance(admission, Refusal):
                     refusal = admission
                     governed = True  # the mesh answers it itself, from a relay
-                else:
-                    admitted = admission
+                elif admission is not None and admission.owes:
+                    admitted = admission  # settled when the call finishes
         try:
             conn, channel = await self._channel(req, traces, timeout, name, provider, governed)
         except BaseException:

@@ -16,7 +16,7 @@ same bound as every other ``source`` label).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from prometheus_client import CollectorRegistry
@@ -36,6 +36,9 @@ class LimitMetrics:
         self.allowed: dict[tuple[str, str], float] = {}
         self.store_errors = dict.fromkeys(OPERATIONS, 0)
         self.store_up = 1
+        # Brings ``remaining`` up to date at scrape time (an in-process store's
+        # limiter reads its counters then, rather than on every call).
+        self.refresh: Callable[[], None] | None = None
         self._registry: CollectorRegistry | None = None
         if registry is not None:
             self.register(registry)
@@ -60,6 +63,8 @@ class LimitMetrics:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
+        if self.refresh is not None:
+            self.refresh()
         limited, remaining, allowed, errors, up = self._families()
         for labels, count in list(self.limited.items()):
             limited.add_metric(list(labels), count)

@@ -29,7 +29,7 @@ from ._limit_store import BUCKET, LEASE, TOTAL, WINDOW, Charge, LimitCounter
 from ._limits import KINDS, CallIdentity, Kind, Limit, Price, TokenUsage
 from ._record import CallRecord
 
-__all__ = ["GRACE", "MINUTE", "Held", "LimitUse", "Refusal", "Rule", "Rules", "Ticket"]
+__all__ = ["GRACE", "MINUTE", "Held", "LimitUse", "Plan", "Refusal", "Rule", "Rules", "Ticket"]
 
 GRACE: Final = 3600.0  # seconds a calendar total outlives its period, for late settlements
 MINUTE: Final = 60.0
@@ -49,6 +49,16 @@ class Rule(NamedTuple):
     base: str  # the counter key, less the calendar period
     counter: LimitCounter | None  # the counter itself, for the kinds without a period
     shared: bool  # no "*" in the match: one counter for every caller
+
+
+class Plan(NamedTuple):
+    """What the limits that match one caller ask of each of its calls."""
+
+    rules: tuple[Rule, ...]
+    estimates: bool  # a rule counts tokens or spend: the call's estimate is needed
+    # Every rule a minute window, counted at admission and owing nothing after:
+    # their counters, for the in-process store's fast path (else None).
+    windows: tuple[LimitCounter, ...] | None
 
 
 class Held(NamedTuple):
@@ -86,6 +96,7 @@ class Rules:
         self.calendar = Calendar(zone)
         self.lease_seconds = lease_seconds
         self._matched: dict[CallIdentity, tuple[Rule, ...]] = {}
+        self._plans: dict[CallIdentity, Plan | None] = {}
         # calendar counters by rule key: (period start, counter, period end)
         self._periods: dict[str, tuple[float, LimitCounter, float]] = {}
         listed = self.prices.values()
@@ -96,6 +107,24 @@ class Rules:
         )
 
     # -- counters --------------------------------------------------------------------
+
+    def plan(self, identity: CallIdentity) -> Plan | None:
+        """What the limits matching ``identity`` ask (None: none matches); remembered."""
+        try:
+            return self._plans[identity]
+        except KeyError:
+            pass
+        rules = self.matching(identity)
+        plan = None
+        if rules:
+            estimates = any(rule.spec.measure != "requests" for rule in rules)
+            counters = tuple(rule.counter for rule in rules if rule.counter is not None)
+            windows_only = len(counters) == len(rules) and all(c.kind == WINDOW for c in counters)
+            plan = Plan(rules, estimates, counters if windows_only else None)
+        if len(self._plans) >= MAX_IDENTITIES:
+            self._plans.clear()
+        self._plans[identity] = plan
+        return plan
 
     def matching(self, identity: CallIdentity) -> tuple[Rule, ...]:
         """Every rule of every limit that matches ``identity`` (remembered)."""
@@ -272,7 +301,16 @@ class Rules:
 class Ticket:
     """An admitted call's claim on its limits: hand it to :meth:`Limiter.settle`."""
 
-    __slots__ = ("__weakref__", "call", "held", "identity", "model", "recorded", "settled")
+    __slots__ = (
+        "__weakref__",
+        "call",
+        "held",
+        "identity",
+        "model",
+        "owes",
+        "recorded",
+        "settled",
+    )
 
     def __init__(
         self,
@@ -288,6 +326,9 @@ class Ticket:
         self.model = model
         self.recorded = recorded  # False: admitted while the store was unreachable
         self.settled = False
+        # Whether settling it changes anything: tokens, spend, budgets or a
+        # lease (a minute window counts the call at admission, once and for all).
+        self.owes = not recorded
 
     def __repr__(self) -> str:
         limits = sorted({h.rule.limit.name for h in self.held})

@@ -154,6 +154,12 @@ class InProcessStore:
     async def admit(
         self, now: float, call: str, charges: Sequence[Charge]
     ) -> tuple[bool, list[float]]:
+        return self.admit_now(now, call, charges)
+
+    def admit_now(
+        self, now: float, call: str, charges: Sequence[Charge]
+    ) -> tuple[bool, list[float]]:
+        """:meth:`admit` without a coroutine (this store never waits)."""
         with self._lock:
             used = [self._used(now, counter) for counter, _ in charges]
             for u, (counter, _) in zip(used, charges, strict=True):
@@ -171,7 +177,46 @@ class InProcessStore:
                 self._sweep(now)
             return True, after
 
+    def windows_now(self, now: float, counters: Sequence[LimitCounter]) -> int:
+        """Admit a call on minute windows only (the fast path of the common
+        limit): the index of the first window that is full (nothing counted),
+        or -1 (counted in every one)."""
+        with self._lock:
+            windows = self._windows
+            for index, (key, _, limit, period) in enumerate(counters):
+                window = windows.get(key)
+                if window is not None:
+                    entries = window.entries
+                    while entries and entries[0] <= now - period:
+                        entries.popleft()
+                    if len(entries) >= limit:
+                        return index
+            for key, _, _, period in counters:
+                window = windows.get(key)
+                if window is None:
+                    window = windows[key] = _Window(period)
+                window.entries.append(now)
+            self._admitted += 1
+            if self._admitted % _SWEEP_EVERY == 0:
+                self._sweep(now)
+            return -1
+
+    def windows_waits(self, now: float, counters: Sequence[LimitCounter], full: int) -> list[float]:
+        """After :meth:`windows_now` refused at ``full``: each window's wait
+        until it frees up (-1 for those not full), as :meth:`admit` gives them."""
+        with self._lock:
+            waits = []
+            for index, counter in enumerate(counters):
+                used = self._used(now, counter)
+                full_now = index == full or used >= counter.limit
+                waits.append(self._wait(now, counter, used) if full_now else -1.0)
+            return waits
+
     async def settle(self, now: float, call: str, charges: Sequence[Charge]) -> list[float]:
+        return self.settle_now(now, call, charges)
+
+    def settle_now(self, now: float, call: str, charges: Sequence[Charge]) -> list[float]:
+        """:meth:`settle` without a coroutine."""
         with self._lock:
             after = []
             for counter, amount in charges:
@@ -194,6 +239,10 @@ class InProcessStore:
                     held[call] = now + counter.period
 
     async def read(self, now: float, counters: Sequence[LimitCounter]) -> list[float]:
+        return self.read_now(now, counters)
+
+    def read_now(self, now: float, counters: Sequence[LimitCounter]) -> list[float]:
+        """:meth:`read` without a coroutine."""
         with self._lock:
             return [self._used(now, counter) for counter in counters]
 

@@ -51,8 +51,8 @@ from prometheus_client import CollectorRegistry
 
 from ._estimate import DEFAULT_OUTPUT, Estimate, estimate_tokens
 from ._limit_metrics import LimitMetrics
-from ._limit_rules import Held, LimitUse, Refusal, Rules, Ticket
-from ._limit_store import LEASE, TOTAL, InProcessStore, LimitStore
+from ._limit_rules import Held, LimitUse, Plan, Refusal, Rules, Ticket
+from ._limit_store import LEASE, TOTAL, WINDOW, InProcessStore, LimitStore
 from ._limits import CallIdentity, Limit, Price, TokenUsage, fmt_amount
 from ._metrics import source_label
 from ._reasons import Reason
@@ -118,12 +118,15 @@ class Limiter:
                 raise ValueError(f"{name}: expected seconds > 0, got {value!r}")
         self._rules = Rules(tuple(limits), prices or {}, time_zone, float(lease_seconds))
         self._store: LimitStore = store if store is not None else InProcessStore()
+        self._sync = isinstance(self._store, InProcessStore)
         self._open = on_store_failure == "open"
         self._clock = clock
         self._lease_seconds = float(lease_seconds)
         self._retry_interval = float(retry_interval)
         self._default_output = default_output_tokens
         self._metrics = LimitMetrics(registry)
+        if self._sync:  # the remaining gauges are read from the store at scrape time
+            self._metrics.refresh = self._refresh_remaining
         for item in self._rules.shared(clock()):
             self._metrics.allowed[(item.rule.limit.name, item.rule.kind)] = item.rule.amount
         self._live: weakref.WeakValueDictionary[str, Ticket] = weakref.WeakValueDictionary()
@@ -215,6 +218,18 @@ class Limiter:
 
     # -- admission and settlement ---------------------------------------------------
 
+    @property
+    def synchronous(self) -> bool:
+        """Whether its store is in this process: :meth:`admit_now` and a
+        settlement cost no coroutine and no task."""
+        return self._sync
+
+    def plan(self, identity: CallIdentity) -> Plan | None:
+        """What the limits that match ``identity`` ask of its calls (None: no
+        limit matches: skip :meth:`admit` and :meth:`settle` altogether);
+        ``plan.estimates``: whether an estimate (the body) is needed."""
+        return self._rules.plan(identity)
+
     async def admit(
         self, identity: CallIdentity, estimate: Estimate | None = None
     ) -> Ticket | Refusal:
@@ -243,17 +258,66 @@ class Limiter:
         except Exception as error:
             self._failed("admit", now, error)
             return self._unrecorded(call, identity, held, estimate.model, now)
+        return self._admitted(identity, call, held, estimate, now, admitted, values)
+
+    def admit_now(
+        self, identity: CallIdentity, estimate: Estimate | None = None, plan: Plan | None = None
+    ) -> Ticket | Refusal | None:
+        """:meth:`admit` with the in-process store, without a coroutine (only
+        when :attr:`synchronous`: the store never waits, nor fails); None:
+        admitted, and nothing to settle (minute windows count at admission).
+        ``plan``: :meth:`plan`'s, when the caller has it."""
+        if plan is None:
+            plan = self._rules.plan(identity)
+            if plan is None:
+                return None
+        store = self._store
+        assert isinstance(store, InProcessStore), "admit_now needs the in-process store"
+        now = self._clock()
+        windows = plan.windows
+        if windows is not None:  # the common limit, on its fast path
+            full = store.windows_now(now, windows)
+            if full < 0:
+                return None
+            held = [
+                Held(rule, counter, 1.0, 0.0)
+                for rule, counter in zip(plan.rules, windows, strict=True)
+            ]
+            values = store.windows_waits(now, windows, full)
+            return self._refuse(identity, held, values, now)
+        estimate = estimate or _NOTHING
+        call = f"{next(self._calls):x}"  # this process's counters only
+        held = self._rules.admission(plan.rules, estimate, now)
+        admitted, values = store.admit_now(now, call, [(h.counter, h.reserved) for h in held])
+        return self._admitted(identity, call, held, estimate, now, admitted, values)
+
+    def _admitted(
+        self,
+        identity: CallIdentity,
+        call: str,
+        held: list[Held],
+        estimate: Estimate,
+        now: float,
+        admitted: bool,
+        values: list[float],
+    ) -> Ticket | Refusal:
         self._answered()
         if not admitted:
             return self._refuse(identity, held, values, now)
-        self._show(held, values)
+        if not self._sync:  # an in-process store's gauges are read at scrape time
+            self._show(held, values)
         ticket = Ticket(call, identity, held, estimate.model, recorded=True)
+        lease = False
         for item in held:
-            if item.counter.kind == LEASE:  # renewed while the call runs
-                self._live[call] = ticket
-                break
-        if self._maintenance is None:
-            self._start_maintenance()
+            kind = item.counter.kind
+            if kind != WINDOW:  # a window counts the call at admission; the rest settle
+                ticket.owes = True
+            if kind == LEASE:
+                lease = True
+        if lease:  # renewed while the call runs
+            self._live[call] = ticket
+            if self._maintenance is None:
+                self._start_maintenance()
         return ticket
 
     def _unrecorded(
@@ -331,14 +395,32 @@ class Limiter:
     def settle_nowait(
         self, ticket: Ticket, usage: TokenUsage | None, model: str | None = None
     ) -> None:
-        """:meth:`settle` in a task of its own, for code that cannot wait
-        (:meth:`aclose` waits for it)."""
+        """:meth:`settle` without waiting: at once with the in-process store,
+        else in a task of its own (:meth:`aclose` waits for it)."""
         if ticket.settled or not ticket.held:
             ticket.settled = True
+            return
+        if self._sync:
+            self._settle_now(ticket, usage, model)
             return
         task = asyncio.get_running_loop().create_task(self.settle(ticket, usage, model))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def _settle_now(self, ticket: Ticket, usage: TokenUsage | None, model: str | None) -> None:
+        ticket.settled = True
+        self._live.pop(ticket.call, None)
+        store = self._store
+        assert isinstance(store, InProcessStore)
+        try:
+            now = self._clock()
+            charges = self._rules.settlement(
+                ticket.held, ticket.recorded, usage, model or ticket.model, now
+            )
+            if charges:
+                store.settle_now(now, ticket.call, [c for _, c in charges])
+        except Exception:  # a bug here must not fail the call it settles
+            log.exception("settling the limits of a call failed")
 
     # -- the store's health -----------------------------------------------------------
 
@@ -367,6 +449,13 @@ class Limiter:
             rule = item.rule
             if rule.shared:
                 remaining[(rule.limit.name, rule.kind)] = max(0.0, rule.amount - used)
+
+    def _refresh_remaining(self) -> None:
+        store = self._store
+        if not isinstance(store, InProcessStore):
+            return
+        shared = self._rules.shared(self._clock())
+        self._show(shared, store.read_now(self._clock(), [item.counter for item in shared]))
 
     # -- background work ----------------------------------------------------------------
 
