@@ -1,0 +1,181 @@
+"""The ledger's database: an engine per URL, migrations, writes and pruning.
+
+Synchronous SQLAlchemy, by design: the ledger's writer is a thread of its
+own (``_ledger.py``), Alembic is synchronous, and SQLite's driver is too (an
+async SQLite driver is a thread behind a queue anyway); readers on the event
+loop run their queries with ``asyncio.to_thread``.
+
+Rules of the store:
+
+1. SQLite runs in WAL mode (readers never block the writer, and the workers
+   of ``serve --workers`` can share one file), with a busy timeout; a new
+   database file is created with mode 0600 (prompts may be in it), in the
+   state directory by default (mode 0700).
+2. PostgreSQL sessions run in UTC, connect within 5 s and give up a
+   statement after 30 s, so a database that hangs is a failed write (the
+   writer then spools) rather than a writer stuck for good.
+3. Migrations run at start, once at a time across processes (a PostgreSQL
+   advisory lock; a file lock beside a SQLite database), and only when the
+   database is behind: a database at the head is not locked at all.
+4. Inserts are idempotent: a record whose id is already stored is skipped,
+   so replaying a spool twice stores each record once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, delete, event, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.sql.dml import Insert
+
+from ._ledger_schema import calls
+from ._private_dir import make_private_dir, state_dir
+
+__all__ = ["Store"]
+
+VERSION_TABLE: Final = "meshbridge_alembic_version"
+_MIGRATIONS: Final = Path(__file__).with_name("_migrations")
+_LOCK_KEY: Final = 0x6D62_6C65_6467_6572  # "mbledger": the advisory lock of migrations
+_PRUNE_CHUNK: Final = 5000  # rows per DELETE, so a prune never holds a long lock
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+class Store:
+    """The database behind one ledger URL.
+
+    Args:
+        url: a SQLAlchemy URL (``sqlite+pysqlite:///PATH`` or
+            ``postgresql+psycopg://...``; see ``_ledger_config.database_url``).
+        create: False to refuse a SQLite file that does not exist yet (a
+            reader), instead of creating it.
+
+    Raises:
+        FileNotFoundError: ``create`` is False and there is no such database file.
+        OSError: the SQLite file's directory cannot be made or used.
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        self.path: Path | None = None
+        if self.dialect == "sqlite":
+            self.path = Path(parsed.database or "")
+            self._prepare_file(self.path, create)
+            self.engine: Engine = create_engine(
+                parsed, connect_args={"timeout": 10.0, "check_same_thread": False}
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            connect = {
+                "connect_timeout": 5,
+                "options": "-c timezone=UTC -c statement_timeout=30000",
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "tcp_user_timeout": 30_000,  # ms unacknowledged before the socket fails
+            }
+            self.engine = create_engine(
+                parsed,
+                pool_size=2,
+                max_overflow=4,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args=connect,
+            )
+
+    @staticmethod
+    def _prepare_file(path: Path, create: bool) -> None:
+        if path.exists():
+            return
+        if not create:
+            raise FileNotFoundError(f"no ledger database at {path}")
+        if path.parent == state_dir():
+            make_private_dir(path.parent)
+        with contextlib.suppress(FileExistsError):  # another worker made it meanwhile
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+    @property
+    def where(self) -> str:
+        """The database, as a log line may name it (never its password)."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # -- schema ------------------------------------------------------------------
+
+    def revision(self) -> str | None:
+        """The schema's Alembic revision (None: an empty database)."""
+        with self.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+            return context.get_current_revision()
+
+    @staticmethod
+    def head() -> str | None:
+        """The revision this meshbridge's migrations lead to."""
+        return ScriptDirectory(str(_MIGRATIONS)).get_current_head()
+
+    def migrate(self) -> None:
+        """Upgrade the schema to :meth:`head` (rule 3)."""
+        if self.revision() == self.head():
+            return
+        with self._migration_lock() as connection:
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(_MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[Connection]:
+        if self.path is not None:
+            fd = os.open(f"{self.path}.migrate-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "r+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                with self.engine.begin() as connection:
+                    yield connection
+        else:
+            with self.engine.begin() as connection:
+                connection.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})"))
+                yield connection
+
+    # -- rows ----------------------------------------------------------------------
+
+    def _insert(self) -> Insert:
+        if self.dialect == "postgresql":
+            return postgresql.insert(calls).on_conflict_do_nothing(index_elements=[calls.c.id])
+        return sqlite.insert(calls).on_conflict_do_nothing(index_elements=[calls.c.id])
+
+    def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store ``rows`` in one transaction; ids already stored are skipped."""
+        if rows:
+            with self.engine.begin() as connection:
+                connection.execute(self._insert(), list(rows))
+
+    def prune(self, before: datetime) -> int:
+        """Delete the calls that started before ``before``, a chunk per
+        transaction; returns how many were deleted."""
+        deleted = 0
+        while True:
+            chunk = select(calls.c.id).where(calls.c.started < before).limit(_PRUNE_CHUNK)
+            with self.engine.begin() as connection:
+                count = connection.execute(delete(calls).where(calls.c.id.in_(chunk))).rowcount
+            deleted += count
+            if count < _PRUNE_CHUNK:
+                return deleted
+
+    def dispose(self) -> None:
+        self.engine.dispose()
