@@ -20,7 +20,7 @@ from ._mesh import Mesh
 from ._policy import CircuitBreaker, Fault, Policy, Route
 from ._record import CallRecord, LedgerSink
 from ._routing import check_name as check_provider_name
-from ._source import Source, check_api_key_id, use_api_key_id, use_source
+from ._source import Source, check_api_key_id, use_api_key_id, use_client, use_source
 from ._synthetic import ERROR_BODY, ErrorBody
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "record_tokens",
     "source_of",
     "use_api_key_id",
+    "use_client",
     "use_source",
 ]
 

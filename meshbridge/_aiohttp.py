@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from aiohttp import BaseConnector, ClientRequest, web
 from aiohttp.client_proto import ResponseHandler
@@ -39,11 +39,9 @@ from aiohttp.log import server_logger
 from aiohttp.web_protocol import ERROR as _UNPARSED
 from aiohttp.web_protocol import RequestHandler
 
+from ._call import Call
 from ._exchange import EXCHANGE, Exchange
 from ._pipe import PipeEnd
-
-if TYPE_CHECKING:  # _otel imports opentelemetry: only ever loaded when tracing is on
-    from ._otel import Trace
 
 __all__ = ["ConnectorBase", "ResponseHandler", "configures_access_log", "server_protocols"]
 
@@ -146,7 +144,8 @@ def server_protocols(server: web.Server, bind: Bind) -> Callable[[], asyncio.Pro
 
 class _MeshRequestHandler(RequestHandler):
     """aiohttp's server protocol, telling each request's Exchange when its
-    handler failed, and running a traced request's handler in its span."""
+    handler failed, and its Call when its handler returned (a watched call:
+    traced, or recorded in a ledger), a traced request's running in its span."""
 
     # The Exchange of the request whose handler starts next: aiohttp's start()
     # calls request_factory, then _handle_request, one request at a time.
@@ -162,23 +161,30 @@ class _MeshRequestHandler(RequestHandler):
         # Called in the connection's task just before it starts the request's
         # own task (which copies the context); a plain def adds no frame.
         exchange, self._exchange = self._exchange, None
-        if exchange is not None and exchange.trace is not None:
-            return self._handle_traced(request, start_time, request_handler, exchange.trace)
+        if exchange is not None:
+            call = exchange.call
+            if call.watched:
+                return self._handle_watched(request, start_time, request_handler, call)
         return super()._handle_request(request, start_time, request_handler)
 
-    async def _handle_traced(
+    async def _handle_watched(
         self,
         request: web.BaseRequest,
         start_time: float | None,
         request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-        trace: Trace,
+        call: Call,
     ) -> tuple[web.StreamResponse, bool]:
-        # The request's span is current in its handler (this request's own task).
-        token = trace.attach()
+        # The call waits for its handlers before it finishes (_call.py, Rule 3),
+        # and a traced request's span is current in its handler (its own task).
+        call.handler_started()
+        trace = call.trace
+        token = trace.attach() if trace is not None else None
         try:
             return await super()._handle_request(request, start_time, request_handler)
         finally:
-            trace.detach(token)
+            if trace is not None:
+                trace.detach(token)
+            call.handler_returned()
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         # aiohttp waits up to ``timeout`` for the handler, then fails its

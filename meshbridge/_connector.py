@@ -21,15 +21,22 @@ from aiohttp import ClientRequest, ClientTimeout
 from aiohttp.connector import Connection
 
 from ._aiohttp import ConnectorBase
+from ._call import Call
 from ._exceptions import MeshError, MissingAPIKeyID
 from ._exchange import Exchange
 from ._link import Link
 from ._metrics import method_label
 from ._pipe import PipeEnd
 from ._provider import RUNNING, Provider
-from ._relay import Call, Relay
+from ._relay import Relay, RelayedCall
 from ._routing import check_name
-from ._source import Source, check_api_key_id, current_api_key_id, current_source
+from ._source import (
+    Source,
+    check_api_key_id,
+    current_api_key_id,
+    current_origin,
+    current_source,
+)
 
 if TYPE_CHECKING:  # for annotations only: the mesh module imports this one
     from ._mesh import Mesh
@@ -75,6 +82,7 @@ class MeshConnector(ConnectorBase):
         self._router = mesh._router
         self._metrics = mesh._metrics
         self._traffic = mesh._traffic
+        self._calls = mesh._calls
         self._pinned = check_name(provider) if provider is not None else None
         self._source = Source(source) if source is not None else None
         self._api_key_id = check_api_key_id(api_key_id) if api_key_id is not None else None
@@ -124,22 +132,24 @@ class MeshConnector(ConnectorBase):
                 _opener.reset(token)
             link = _link_of(conn)
         method = method_label(req.method)
+        calls = self._calls
+        origin = current_origin.get()
+        path = req.url.raw_path
         tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
         if isinstance(link, Relay):
             body = req.body  # a Payload, or b"" for none
             size = None if req.chunked else (body.size if body else 0)
-            call = Call(name, first, source, api_key_id, method, size)
+            call = RelayedCall(calls, name, first, source, api_key_id, method, path, origin, size)
             if tracing is not None:
                 call.trace = tracing.start(req, name, source, method, relayed=True)
             link.begin(call)
             return conn
+        direct = Call(calls, name, name, source, api_key_id, method, path, origin)
+        if tracing is not None:
+            direct.trace = tracing.start(req, name, source, method, relayed=False)
         metrics = self._metrics
         series = metrics.series(name, source) if metrics is not None else None
-        exchange = Exchange(name, source, api_key_id, method, series, metrics)
-        exchange.call = True
-        if tracing is not None:
-            exchange.trace = tracing.start(req, name, source, method, relayed=False)
-        link.begin(exchange)
+        link.begin(Exchange(direct, name, series, metrics))
         return conn
 
     def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:

@@ -1,26 +1,26 @@
-"""One request through the mesh, from the caller's connect to the end of the body.
+"""One attempt: a request a provider's server parsed, to the end of its body.
 
-An :class:`Exchange` is made when the connector hands a connection to a
-request. It carries who is calling (provider, Source, API key id) beside the
-request, and it is the one place where the request's metrics are observed:
+An :class:`Exchange` is made for each request the mesh sends a provider: on
+a direct link the one attempt of its :class:`Call`, through a relay one per
+try. It carries who is calling (the call's Source and API key id) beside the
+request, and it is the one place where the provider's metrics are observed:
 the server side tells it when headers go out, how many body bytes were
 written and when the handler failed; the connection tells it when the body
-has reached the caller or the stream was cut.
+has reached the caller or the stream was cut. What the handler reports of its
+LLM work (:func:`record_tokens`) goes to the metrics and to the call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 from aiohttp import web
 
+from ._call import Call
 from ._metrics import MeshMetrics, Series
 from ._source import Source
-
-if TYPE_CHECKING:  # _otel imports opentelemetry: only ever loaded when tracing is on
-    from ._otel import Trace
 
 __all__ = [
     "CANCELLED",
@@ -43,7 +43,7 @@ class _Counted(Protocol):
 
 
 class Exchange:
-    """The record of one request: identity beside it, metrics about it."""
+    """The record of one attempt: identity beside it, metrics about it."""
 
     __slots__ = (
         "_metrics",
@@ -61,22 +61,21 @@ class Exchange:
         "response_bytes",
         "source",
         "status",
-        "trace",
     )
 
     def __init__(
         self,
+        call: Call,
         provider: str,
-        source: Source | None,
-        api_key_id: str | None,
-        method: str,
         series: Series | None,
         metrics: MeshMetrics | None = None,
+        listener: Callable[[Exchange], None] | None = None,
     ) -> None:
+        self.call = call
         self.provider = provider
-        self.source = source
-        self.api_key_id = api_key_id
-        self.method = method
+        self.source = call.source
+        self.api_key_id = call.api_key_id
+        self.method = call.method
         self.status = 0  # 0 until response headers are sent
         self.response_bytes = 0
         self.failed = False  # the handler raised
@@ -86,23 +85,25 @@ class Exchange:
         self.request_body: _Counted | None = None
         self._series = series
         self._metrics = metrics
-        self.listener: Callable[[Exchange], None] | None = None  # told when it finishes
-        # Whether this request is also what the caller got (a direct link):
-        # then it counts in meshbridge_calls_total too. A relay counts calls itself.
-        self.call = False
-        self.trace: Trace | None = None  # its span, when tracing is on (_otel.py)
+        # Told when it finishes: the relay whose attempt it is. None on a direct
+        # link, where the one attempt is the call, which it ends.
+        self.listener = listener
         self._started = perf_counter()
+        call.attempts += 1
         if series is not None:
             series.in_flight += 1
 
     def headers_sent(self, status: int) -> None:
         """The provider sent the response status line and headers."""
         self.status = status
+        elapsed = perf_counter() - self._started
+        if self.listener is None:
+            self.call.ttfb = elapsed
         if self._series is not None:
-            elapsed = perf_counter() - self._started
             self._series.ttfb.observe(elapsed)
-            if self.trace is not None:
-                self.trace.observed(self._series.ttfb, elapsed)
+            trace = self.call.trace
+            if trace is not None:
+                trace.observed(self._series.ttfb, elapsed)
 
     def body_written(self, size: int, _total: int) -> None:
         """The provider wrote ``size`` more body bytes (aiohttp's on_body_write)."""
@@ -131,7 +132,7 @@ class Exchange:
     def tokens(
         self, model: str | None, counts: tuple[int, int, int, int], ttft: float | None
     ) -> None:
-        """The provider reports the LLM tokens of this request."""
+        """The provider reports the LLM tokens of this request (metrics)."""
         if self._series is None or self._metrics is None:
             return
         label = self._metrics.model_label(self.provider, model)
@@ -145,6 +146,7 @@ class Exchange:
         self.finished = True
         self.outcome = outcome
         duration = perf_counter() - self._started
+        trace = self.call.trace
         if self._series is not None:
             body = self.request_body
             self._series.finished(
@@ -155,16 +157,14 @@ class Exchange:
                 body.total_bytes if body is not None else 0,
                 self.response_bytes,
             )
-            if self.call and self._metrics is not None:
-                calls = self._metrics.traffic["calls"].values
-                key = (self.provider, self._series.source, str(self.status), outcome)
-                calls[key] = calls.get(key, 0) + 1
-        if self.trace is not None:
-            if self._series is not None:
-                self.trace.observed(self._series.durations[self.method], duration)
-            self.trace.finished(self)
+            if trace is not None:
+                trace.observed(self._series.durations[self.method], duration)
         if self.listener is not None:
+            if trace is not None:
+                trace.attempt(self)
             self.listener(self)
+        else:
+            self.call.end(self.status, outcome)
 
 
 # Where a provider's request keeps its Exchange: a typed key of the request's
@@ -201,6 +201,9 @@ def record_tokens(
     operation: str | None = None,
     request_model: str | None = None,
     response_model: str | None = None,
+    reasoning: int = 0,
+    tool_calls: Sequence[str] = (),
+    prompt: str | None = None,
 ) -> None:
     """Count the LLM tokens of ``request`` in its mesh's metrics.
 
@@ -221,11 +224,23 @@ def record_tokens(
     unbounded: ``model`` is the metrics label, used when ``response_model`` is
     not given), and the token counts (``gen_ai.usage.input_tokens``, which
     includes cached tokens, and ``gen_ai.usage.output_tokens``).
+
+    With a usage ledger (``Mesh(ledger=...)``) the call's record also gets
+    the counts (``input`` plus the cached ones as its input tokens,
+    ``cache_read`` as cached input, ``reasoning``: the output tokens spent
+    reasoning, where the provider reports them), ``request_model`` and
+    ``response_model`` (or ``model``), ``tool_calls`` (the names of the tools
+    the response called) and ``prompt`` (the last user prompt; kept only when
+    the ledger records prompts).
     """
     exchange = request.get(EXCHANGE)
     if exchange is not None:
         counts = (input, output, cache_read, cache_write)
         exchange.tokens(model, counts, first_token)
-        if exchange.trace is not None:
-            answered = response_model or model
-            exchange.trace.tokens(counts, system, operation, request_model, answered)
+        answered = response_model or model
+        call = exchange.call
+        call.reported(
+            (*counts, reasoning), first_token, request_model, answered, tool_calls, prompt
+        )
+        if call.trace is not None:
+            call.trace.tokens(counts, system, operation, request_model, answered)

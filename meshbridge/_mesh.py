@@ -19,11 +19,13 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from ._call import Calls
 from ._connector import MeshConnector
 from ._metrics import MeshMetrics
 from ._pipe import PipeStats
 from ._policy import Policy, Route
 from ._provider import Provider
+from ._record import LedgerSink
 from ._relay import Relay
 from ._routing import Router, check_name
 from ._synthetic import ERROR_BODY, ErrorBody
@@ -66,6 +68,9 @@ class Mesh:
         tracer_provider: an OpenTelemetry ``TracerProvider``: a span for every
             request (see the README's Tracing). By default the global one, if
             the application set one before the mesh starts; else no tracing.
+        ledger: where every call's :class:`CallRecord` goes when it ends (a
+            :class:`LedgerSink`, such as ``meshbridge.service.Ledger``); the
+            mesh starts it and, once its providers stopped, closes it.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class Mesh:
         rng: random.Random | None = None,
         clock: Clock | None = None,
         tracer_provider: object | None = None,
+        ledger: LedgerSink | None = None,
     ) -> None:
         if grace_period < 0:
             raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
@@ -89,6 +95,11 @@ class Mesh:
             if clock is None
             else Traffic(self._metrics, rng=rng, clock=clock)
         )
+        self._calls = Calls(self._metrics.traffic["calls"].values if self._metrics else None)
+        if ledger is not None:
+            if not isinstance(ledger, LedgerSink):
+                raise TypeError(f"ledger must have record(), start() and aclose(), got {ledger!r}")
+            self._calls.set_ledger(ledger)
         self._stats = PipeStats()
         self._state = _NEW
         self._background: set[asyncio.Task[None]] = set()
@@ -331,10 +342,15 @@ class Mesh:
             raise RuntimeError(f"the mesh is {self._state}; a mesh starts once")
         if self._tracer_provider is None:
             self._tracing = _tracing(None)
+        ledger = self._calls.ledger
+        if ledger is not None:
+            await ledger.start()
         try:
             await self._start_all(list(self._router.table.values()))
         except BaseException:
             self._state = _CLOSED  # its apps have run their cleanup: they cannot start again
+            if ledger is not None:
+                await ledger.aclose()
             raise
         self._state = _RUNNING
         self._router.accepting = True
@@ -357,6 +373,9 @@ class Mesh:
             # that are already done need not yield to the loop, so those
             # callbacks might never run between two turns of this loop.
             self._background.difference_update(waiting)
+        ledger = self._calls.ledger
+        if ledger is not None and running:
+            await ledger.aclose()  # after the providers: every call has ended
 
     async def __aenter__(self) -> Mesh:
         await self.start()

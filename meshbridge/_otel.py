@@ -26,7 +26,8 @@ Rules of the spans:
 4. A handler may still be running when the body has reached the caller (a
    stream handler's ``finally`` reporting its tokens after ``write_eof``), so
    a span whose handler has not returned waits for it before it ends, with
-   the time the request ended as its end time.
+   the time the request ended as its end time (the call waits: ``_call.py``,
+   Rule 3).
 """
 
 from __future__ import annotations
@@ -109,20 +110,21 @@ class Tracing:
 class Trace:
     """The span of one caller request, and its context for the provider's handler."""
 
-    __slots__ = ("_attempts", "_ending", "_exemplar", "_inside", "context", "relayed", "span")
+    __slots__ = ("_attempts", "_exemplar", "context", "relayed", "span", "trace_id")
 
     def __init__(self, span: trace.Span, context: otel_context.Context, *, relayed: bool) -> None:
         self.span = span
         self.context = context
         self.relayed = relayed
         self._attempts = 0
-        self._inside = 0  # handlers running with it attached
-        self._ending: tuple[str, int, str, int] | None = None  # an end waiting for them
         found = span.get_span_context()
+        self.trace_id: str | None = (
+            trace.format_trace_id(found.trace_id) if found.is_valid else None
+        )
         # Exemplars name sampled traces only: an unsampled id leads nowhere.
         self._exemplar = (
-            {"trace_id": trace.format_trace_id(found.trace_id)}
-            if found.trace_flags.sampled
+            {"trace_id": self.trace_id}
+            if found.trace_flags.sampled and self.trace_id is not None
             else None
         )
 
@@ -130,17 +132,13 @@ class Trace:
 
     def attach(self) -> object:
         """Make the span current for the provider's handler (Rule 3)."""
-        self._inside += 1
         return otel_context.attach(self.context)
 
     def detach(self, token: object) -> None:
-        """The handler returned (Rule 4: a waiting end happens now)."""
+        """The handler returned."""
         otel_context.detach(token)  # type: ignore[arg-type]  # attach's own token
-        self._inside -= 1
-        if not self._inside and self._ending is not None:
-            self._end(*self._ending)
 
-    # -- the Exchange's side ----------------------------------------------------------
+    # -- the Exchange's and the Call's side ---------------------------------------------
 
     def observed(self, histogram: Histogram, value: float) -> None:
         """``value`` was just observed in ``histogram``: give its bucket this
@@ -151,11 +149,8 @@ class Trace:
                 exemplars = histogram.exemplars = {}
             exemplars[bisect_left(BUCKETS, value)] = Exemplar(self._exemplar, value, time.time())
 
-    def finished(self, exchange: Exchange) -> None:
-        """An Exchange ended: the span ends with it, or (relayed) it was an attempt."""
-        if not self.relayed:
-            self.end(exchange.provider, exchange.status, exchange.outcome or "error")
-            return
+    def attempt(self, exchange: Exchange) -> None:
+        """An attempt of a relayed call ended: an event on the call's span."""
         self._attempts += 1
         if self.span.is_recording():  # an attempt may end after the call did
             self.span.add_event(
@@ -167,15 +162,9 @@ class Trace:
                 },
             )
 
-    def end(self, provider: str, status: int, outcome: str) -> None:
-        """The caller's request ended with ``outcome`` (Rules 2 and 4)."""
-        if self._inside:
-            self._ending = (provider, status, outcome, time.time_ns())
-        else:
-            self._end(provider, status, outcome, None)
-
-    def _end(self, provider: str, status: int, outcome: str, when: int | None) -> None:
-        self._ending = None
+    def end(self, provider: str, status: int, outcome: str, when: int | None = None) -> None:
+        """The caller's request ended with ``outcome`` (Rules 2 and 4): at
+        ``when`` (ns since the epoch), if it ended before its handler returned."""
         span = self.span
         attributes: dict[str, str | int] = {
             "meshbridge.provider": provider,

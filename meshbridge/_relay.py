@@ -54,9 +54,10 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from ._breaker import Breaker
+from ._call import Call, Calls
 from ._exchange import CANCELLED, COMPLETED, ERROR, Exchange
 from ._link import Carrier
 from ._metrics import MeshMetrics, Series
@@ -68,10 +69,7 @@ from ._source import Source
 from ._synthetic import ErrorBody, synthetic_response
 from ._traffic import OVERLOADED_RETRY_AFTER, Guard, Traffic
 
-if TYPE_CHECKING:  # _otel imports opentelemetry: only ever loaded when tracing is on
-    from ._otel import Trace
-
-__all__ = ["Call", "Relay"]
+__all__ = ["Relay", "RelayedCall"]
 
 _MAX_HEAD: Final = 64 * 1024  # a head that grows past this is committed as it is
 _DEFAULT_REPLAY_LIMIT: Final = 65536
@@ -84,11 +82,10 @@ _ANSWERED: Final = "answered"  # a synthetic response was decided
 _DONE: Final = "done"
 
 
-class Call:
+class RelayedCall(Call):
     """One caller request through a relay, and where it stands."""
 
     __slots__ = (
-        "api_key_id",
         "attempt",
         "candidates",
         "deadline",
@@ -99,38 +96,33 @@ class Call:
         "index",
         "kept",
         "last_chunk",
-        "method",
         "pending_answer",
         "phase",
         "received",
         "replay_limit",
         "replayable",
         "sent",
-        "source",
-        "status",
-        "target",
         "timer",
-        "trace",
         "tries",
         "upstream",
     )
 
     def __init__(
         self,
+        calls: Calls,
         target: str,
         first: str,
         source: Source | None,
         api_key_id: str | None,
         method: str,
+        path: str,
+        origin: tuple[str | None, str | None] | None,
         body_size: int | None,
     ) -> None:
-        self.target = target
+        super().__init__(calls, target, first, source, api_key_id, method, path, origin)
         self.candidates: tuple[str, ...] = (first,)  # the provider, then its fallbacks
-        self.index = 0  # which candidate is being tried
+        self.index = 0  # which candidate is being tried (self.provider)
         self.tries = 0  # retries used on it
-        self.source = source
-        self.api_key_id = api_key_id
-        self.method = method
         self.replay_limit = _DEFAULT_REPLAY_LIMIT
         self.replayable = body_size is not None  # a streamed body is never replayed (Rule 3)
         self.sent: list[bytes] = []  # request bytes kept for a replay, or not yet forwarded
@@ -138,7 +130,6 @@ class Call:
         self.received = False  # whether request bytes came from the caller
         self.phase = _WAITING
         self.head: bytearray | None = None  # a head that came in pieces, so far
-        self.status = 0
         self.upstream: Upstream | None = None
         self.attempt: Exchange | None = None
         self.guard: Guard | None = None
@@ -149,11 +140,6 @@ class Call:
         self.first_byte: float | None = None  # first_byte_timeout: this attempt's head
         self.last_chunk: float | None = None  # once committed, with an idle_timeout
         self.timer: asyncio.TimerHandle | None = None  # backoff or fault delay
-        self.trace: Trace | None = None  # its span, when tracing is on (_otel.py)
-
-    @property
-    def provider(self) -> str:
-        return self.candidates[self.index]
 
     def cancel_timers(self) -> None:
         if self.timer is not None:
@@ -238,10 +224,9 @@ class Relay(asyncio.Transport):
         self._stats = stats
         self._secure = secure
         self._guards = traffic.guards  # never rebound (see Traffic)
-        self._calls = metrics.traffic["calls"].values if metrics is not None else None
         self._attempt_finished_ = self._attempt_finished  # one bound method, not one per attempt
         self._upstreams: dict[str, Upstream] = {}
-        self._call: Call | None = None
+        self._call: RelayedCall | None = None
         # The loop's clock: asyncio's own loops read time.monotonic(), so read it
         # directly, and when the policies' clock is the same one, read it once
         # for both (Rule 5).
@@ -266,7 +251,7 @@ class Relay(asyncio.Transport):
 
     # -- calls -----------------------------------------------------------------------
 
-    def begin(self, call: Call) -> None:
+    def begin(self, call: RelayedCall) -> None:
         """The caller is about to send the request ``call`` describes."""
         self._call = call
         guard = self._guards.get(call.candidates[0])
@@ -275,6 +260,7 @@ class Relay(asyncio.Transport):
             self._try(call, None, None)
             return
         call.candidates = guard.candidates
+        call.provider = guard.candidates[0]
         call.replay_limit = guard.replay_limit
         if not guard.replays:
             call.replayable = False
@@ -296,13 +282,13 @@ class Relay(asyncio.Transport):
                 return
         self._try(call, guard, now)
 
-    def _try_later(self, call: Call) -> None:
+    def _try_later(self, call: RelayedCall) -> None:
         """A timer's ``_try``: after a backoff or a fault's delay."""
         call.timer = None
         if call is self._call and call.phase == _WAITING:
             self._try(call, self._guards.get(call.provider), None)
 
-    def _try(self, call: Call, guard: Guard | None, now: float | None) -> None:
+    def _try(self, call: RelayedCall, guard: Guard | None, now: float | None) -> None:
         """Start an attempt on the current candidate (whose guard is ``guard``),
         or move past it. ``now``: the loop's time, if the caller just read it."""
         name = call.candidates[call.index]
@@ -333,9 +319,7 @@ class Relay(asyncio.Transport):
         if (series is None or source != upstream.source) and metrics is not None:
             series = upstream.series = metrics.series(name, source)
             upstream.source = source
-        exchange = Exchange(name, source, call.api_key_id, call.method, series, metrics)
-        exchange.listener = self._attempt_finished_
-        exchange.trace = call.trace  # an attempt: an event on the call's span
+        exchange = Exchange(call, name, series, metrics, self._attempt_finished_)
         upstream._next = upstream.exchange = exchange  # what its server takes next
         call.upstream = upstream
         call.attempt = exchange
@@ -364,7 +348,7 @@ class Relay(asyncio.Transport):
         if not self._reading:
             upstream.pipe.client.pause_reading()
 
-    def _admit(self, call: Call, guard: Guard, breaker: Breaker) -> int | None:
+    def _admit(self, call: RelayedCall, guard: Guard, breaker: Breaker) -> int | None:
         """Ask a breaker that is not closed for the attempt's generation; None:
         refused, and the call has moved on (a fallback or an answer)."""
         now = self._traffic.clock()
@@ -376,7 +360,7 @@ class Relay(asyncio.Transport):
                 self._answer(call, 503, "circuit-open", wait, f"circuit of {guard.name!r} is open")
         return generation
 
-    def _overloaded(self, call: Call, guard: Guard, generation: int | None) -> None:
+    def _overloaded(self, call: RelayedCall, guard: Guard, generation: int | None) -> None:
         name = guard.name
         if generation is not None and guard.breaker is not None:
             guard.breaker.cancel(self._traffic.clock(), generation)  # never sent: no verdict
@@ -387,7 +371,7 @@ class Relay(asyncio.Transport):
         message = f"provider {name!r} has {guard.in_flight} requests in flight, its limit"
         self._answer(call, 503, "overloaded", OVERLOADED_RETRY_AFTER, message)
 
-    def _again(self, call: Call, reason: str, retry_after: float | None) -> bool:
+    def _again(self, call: RelayedCall, reason: str, retry_after: float | None) -> bool:
         """The current attempt failed with ``reason`` before its head was
         committed: end it and retry or fall back, or return False (nothing
         changed: the caller is to get this attempt's outcome)."""
@@ -411,25 +395,27 @@ class Relay(asyncio.Transport):
                 return True
         return wanted and self._fall_back(call)
 
-    def _fall_back(self, call: Call) -> bool:
+    def _fall_back(self, call: RelayedCall) -> bool:
         if call.index + 1 >= len(call.candidates) or not call.replayable:
             return False
         self._end_attempt(call)
         fallback = call.candidates[call.index + 1]
         self._traffic.count("fallbacks", call.provider, fallback, call.source)
         call.index += 1
+        call.provider = fallback
+        call.fallback = True
         call.tries = 0
         self._try(call, self._guards.get(fallback), None)
         return True
 
-    def _past_deadline(self, call: Call, delay: float | None) -> bool:
+    def _past_deadline(self, call: RelayedCall, delay: float | None) -> bool:
         return (
             call.deadline is not None
             and delay is not None
             and self._time() + delay >= call.deadline
         )
 
-    def _end_attempt(self, call: Call, *, outcome: str | None = None) -> None:
+    def _end_attempt(self, call: RelayedCall, *, outcome: str | None = None) -> None:
         """Stop the current attempt (Rule 4). Its connection is reused once its
         response has ended (normally within this turn of the loop: a short
         error answer), else aborted, which cancels its handler."""
@@ -489,7 +475,7 @@ class Relay(asyncio.Transport):
                 self._forget(call)
         upstream.pipe.client.write(data)
 
-    def _hold(self, call: Call, data: bytes) -> None:
+    def _hold(self, call: RelayedCall, data: bytes) -> None:
         """Request bytes while no attempt runs: kept until one starts (whether
         or not they may be replayed), or dropped after a synthetic answer."""
         if call.phase == _DONE:
@@ -512,7 +498,7 @@ class Relay(asyncio.Transport):
             call.replayable = False  # too large to replay (Rule 3)
             self._pause_writer()  # and to hold: the upload waits until an attempt starts
 
-    def _forget(self, call: Call) -> None:
+    def _forget(self, call: RelayedCall) -> None:
         """Drop the request bytes kept (counted in the mesh's buffered bytes while kept)."""
         self._stats.buffered -= call.kept
         call.kept = 0
@@ -568,6 +554,7 @@ class Relay(asyncio.Transport):
         # Commit (Rule 2): the caller gets this attempt's response.
         call.phase = _COMMITTED
         call.status = status
+        call.answered()
         call.replayable = False
         call.first_byte = None
         if call.kept:
@@ -671,7 +658,7 @@ class Relay(asyncio.Transport):
         if times:
             self._arm(min(times))
 
-    def _first_byte_late(self, call: Call) -> None:
+    def _first_byte_late(self, call: RelayedCall) -> None:
         call.first_byte = None
         self._traffic.count("timeouts", call.provider, call.source, "first_byte")
         guard = call.guard
@@ -687,7 +674,7 @@ class Relay(asyncio.Transport):
             message = f"provider {call.provider!r} sent no response head in time"
             self._answer(call, 504, "timeout", None, message)
 
-    def _deadline(self, call: Call) -> None:
+    def _deadline(self, call: RelayedCall) -> None:
         call.deadline = None
         self._traffic.count("timeouts", call.provider, call.source, "total")
         if call.phase == _COMMITTED:
@@ -699,11 +686,13 @@ class Relay(asyncio.Transport):
     # -- endings -------------------------------------------------------------------------
 
     def _answer(
-        self, call: Call, status: int, reason: str, retry_after: float | None, message: str
+        self, call: RelayedCall, status: int, reason: str, retry_after: float | None, message: str
     ) -> None:
         """Give the caller a synthetic response (once its request has arrived)."""
         self._end_attempt(call)
         call.status = status
+        call.reason = reason
+        call.answered()
         call.phase = _ANSWERED
         shape = self._error_body(call.candidates[0])
         answer = synthetic_response(status, reason, message, retry_after, shape)
@@ -714,13 +703,13 @@ class Relay(asyncio.Transport):
             call.pending_answer = answer
         self._resume_writer()
 
-    def _cut(self, call: Call, reason: str) -> None:
+    def _cut(self, call: RelayedCall, reason: str) -> None:
         """End a committed response with an error on the caller's side (Rule 5)."""
         self._end_attempt(call, outcome=ERROR)
         self._done(call, ERROR)
         self._lose(ConnectionResetError(reason))
 
-    def _done(self, call: Call, outcome: str) -> None:
+    def _done(self, call: RelayedCall, outcome: str) -> None:
         if call.phase == _DONE:
             return
         if call.upstream is not None:  # an attempt runs (and so has its attempt)
@@ -732,12 +721,7 @@ class Relay(asyncio.Transport):
             call.cancel_timers()
         if call.sent:
             self._forget(call)
-        calls = self._calls  # meshbridge_calls_total (Traffic.count, inlined)
-        if calls is not None:
-            key = (call.target, call.source or "none", str(call.status), outcome)
-            calls[key] = calls.get(key, 0) + 1
-        if call.trace is not None:
-            call.trace.end(call.provider, call.status, outcome)
+        call.end(call.status, outcome)
         if self._call is call:
             self._call = None
 
@@ -886,7 +870,7 @@ class Relay(asyncio.Transport):
             self._resume_writer()
 
 
-def _idle_at(call: Call) -> float | None:
+def _idle_at(call: RelayedCall) -> float | None:
     """When a committed call's ``idle_timeout`` passes, unless a chunk comes first."""
     guard = call.guard
     if call.phase != _COMMITTED or call.last_chunk is None or guard is None:

@@ -16,7 +16,14 @@ from typing import ClassVar
 
 from ._names import SOURCE
 
-__all__ = ["Source", "check_api_key_id", "use_api_key_id", "use_source"]
+__all__ = [
+    "Source",
+    "check_api_key_id",
+    "check_caller_name",
+    "use_api_key_id",
+    "use_client",
+    "use_source",
+]
 
 
 class Source(str):
@@ -64,9 +71,22 @@ def check_api_key_id(value: str) -> str:
     return value
 
 
+def check_caller_name(value: str, what: str = "client") -> str:
+    """Validate a gateway client's or a peer's name (printable, 1 to 256 characters)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not value or not value.isprintable() or len(value) > 256:
+        raise ValueError(f"invalid {what} {value!r}: expected 1 to 256 printable characters")
+    return value
+
+
 # Unset (None) means "use the session's or connector's own value".
 current_source: ContextVar[Source | None] = ContextVar("meshbridge_source", default=None)
 current_api_key_id: ContextVar[str | None] = ContextVar("meshbridge_api_key_id", default=None)
+# (client, peer) of a call that came in through a gateway; None for in-process code.
+current_origin: ContextVar[tuple[str | None, str | None] | None] = ContextVar(
+    "meshbridge_origin", default=None
+)
 
 
 @contextmanager
@@ -100,3 +120,27 @@ def use_api_key_id(api_key_id: str) -> Iterator[str]:
         yield value
     finally:
         current_api_key_id.reset(token)
+
+
+@contextmanager
+def use_client(client: str | None, *, peer: str | None = None) -> Iterator[None]:
+    """Make calls issued inside the block come from gateway client ``client``,
+    forwarded by the signing meshbridge ``peer`` (if any).
+
+    This is what ``meshbridge serve`` sets for the requests it forwards; a
+    usage ledger records it (in-process code leaves it unset) and per-caller
+    limits can match on it. Like the Source, it travels beside the request:
+    no header can set it.
+
+    Raises:
+        ValueError: a name is empty, too long or not printable.
+    """
+    origin = (
+        check_caller_name(client) if client is not None else None,
+        check_caller_name(peer, "peer") if peer is not None else None,
+    )
+    token = current_origin.set(origin)
+    try:
+        yield
+    finally:
+        current_origin.reset(token)

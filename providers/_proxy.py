@@ -36,6 +36,7 @@ from yarl import URL
 
 from meshbridge import ERROR_BODY
 
+from ._calls import last_user_prompt, tool_calls
 from ._kind import ProviderContext
 from ._options import OptionReader
 from ._sse import Event, SSEError, SSEParser
@@ -125,6 +126,7 @@ class Watcher:
     def __init__(self) -> None:
         self.model: str | None = None
         self.usage = Usage()
+        self.tool_calls: list[str] = []  # the names of the tools the answer calls
         self.finished = False  # the final event arrived
         self.failed: str | None = None  # the upstream sent an error event: its message
 
@@ -247,11 +249,13 @@ class Proxy:
             return self.error(413, f"request body is larger than {limit} bytes")
         headers = self._headers(request)
         model: str | None = None
+        prompt: str | None = None
         if request.method == "POST":
             payload = json_object(body)
             if payload is None:
                 return self.error(400, "invalid JSON in request body: expected a JSON object")
             model = payload.get("model") if isinstance(payload.get("model"), str) else None
+            prompt = last_user_prompt(payload)
             changed = self.dialect.prepare(request.path, payload)
             if changed is not None:
                 body = json.dumps(changed).encode()
@@ -272,9 +276,9 @@ class Proxy:
             return self.error(502, f"upstream {host} unreachable: {exc.__class__.__name__}: {exc}")
         try:
             if upstream.status == 200 and upstream.content_type == "text/event-stream":
-                response = await self._relay_stream(request, upstream, model, started)
+                response = await self._relay_stream(request, upstream, model, prompt, started)
             else:
-                response = await self._relay_body(request, upstream, model, deadline)
+                response = await self._relay_body(request, upstream, model, prompt, deadline)
         except BaseException:
             upstream.close()
             raise
@@ -294,6 +298,7 @@ class Proxy:
         request: web.Request,
         upstream: aiohttp.ClientResponse,
         model: str | None,
+        prompt: str | None,
         deadline: float,
     ) -> web.StreamResponse:
         host = self.options.upstream.host
@@ -319,6 +324,8 @@ class Proxy:
                     usage,
                     system=self.dialect.system,
                     request_model=model,
+                    tool_calls=tool_calls(answer),
+                    prompt=prompt,
                 )
         return web.Response(
             status=upstream.status,
@@ -332,6 +339,7 @@ class Proxy:
         request: web.Request,
         upstream: aiohttp.ClientResponse,
         model: str | None,
+        prompt: str | None,
         started: float,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers=self._response_headers(upstream))
@@ -381,6 +389,8 @@ class Proxy:
                 ttft,
                 system=self.dialect.system,
                 request_model=model,
+                tool_calls=watcher.tool_calls,
+                prompt=prompt,
             )
         await response.write_eof()
         return response

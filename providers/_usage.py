@@ -13,7 +13,7 @@ callers and upstreams, so they are bounded: with an allow-list (a provider's
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -31,13 +31,15 @@ class Usage:
     """Token counts of one request, as the upstream reported them.
 
     ``input`` counts prompt tokens billed at the full rate; tokens read from
-    or written to a prompt cache are counted apart.
+    or written to a prompt cache are counted apart. ``reasoning`` is the part
+    of ``output`` spent reasoning, where the upstream says.
     """
 
     input: int = 0
     output: int = 0
     cache_read: int = 0
     cache_write: int = 0
+    reasoning: int = 0
 
 
 class ModelLabels:
@@ -73,6 +75,8 @@ def report(
     *,
     system: str | None = None,
     request_model: str | None = None,
+    tool_calls: Sequence[str] = (),
+    prompt: str | None = None,
 ) -> None:
     """Count one request's tokens (and its time to first token, for a stream).
 
@@ -80,6 +84,8 @@ def report(
     ``request_model`` the one asked for and ``system`` the API family
     (``"openai"``, ``"anthropic"``): on a traced request they become the
     span's GenAI attributes (see :func:`meshbridge.record_tokens`).
+    ``tool_calls`` (the names of the tools the answer called) and ``prompt``
+    (the request's last user prompt) go to a usage ledger's record.
     """
     record_tokens(
         request,
@@ -93,4 +99,7 @@ def report(
         operation="chat",  # every generation endpoint the kinds serve is a chat
         request_model=request_model,
         response_model=model,
+        reasoning=usage.reasoning,
+        tool_calls=tool_calls,
+        prompt=prompt,
     )

@@ -18,6 +18,7 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from ._calls import event_tool_call
 from ._kind import Kind, ProviderContext
 from ._options import OptionReader
 from ._proxy import (
@@ -93,6 +94,7 @@ class _MessagesWatcher(Watcher):
             return False
         data = event_payload(event.data.encode())
         kind = data.get("type", event.event)
+        self.tool_calls += event_tool_call(data)
         if kind == "message_start":
             message = data.get("message")
             if isinstance(message, dict):

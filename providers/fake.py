@@ -36,6 +36,7 @@ from aiohttp import web
 
 from meshbridge import ERROR_BODY
 
+from ._calls import last_user_prompt
 from ._kind import Kind, ProviderContext
 from ._options import OptionReader
 from ._script import Received, Script, Step, ToolCall
@@ -278,7 +279,15 @@ async def _generate(request: web.Request, wire: Wire) -> web.StreamResponse:
         system = "anthropic" if wire.anthropic else "openai"  # the API it speaks
         model = generation.model
         report(
-            request, fake.labels, model, generation.usage, ttft, system=system, request_model=model
+            request,
+            fake.labels,
+            model,
+            generation.usage,
+            ttft,
+            system=system,
+            request_model=model,
+            tool_calls=[call.name for call in generation.calls],
+            prompt=last_user_prompt(body),
         )
 
 

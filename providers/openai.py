@@ -18,6 +18,7 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from ._calls import event_tool_call
 from ._kind import Kind, ProviderContext
 from ._options import OptionReader
 from ._proxy import (
@@ -90,7 +91,11 @@ def _usage(raw: object) -> Usage | None:
     cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     prompt = count(raw.get("prompt_tokens")) or count(raw.get("input_tokens"))
     output = count(raw.get("completion_tokens")) or count(raw.get("output_tokens"))
-    return Usage(input=max(prompt - cached, 0), output=output, cache_read=cached)
+    spent = raw.get("completion_tokens_details") or raw.get("output_tokens_details")
+    reasoning = count(spent.get("reasoning_tokens")) if isinstance(spent, dict) else 0
+    return Usage(
+        input=max(prompt - cached, 0), output=output, cache_read=cached, reasoning=reasoning
+    )
 
 
 class _ChatWatcher(Watcher):
@@ -106,6 +111,7 @@ class _ChatWatcher(Watcher):
         if "error" in chunk:
             self.failed = error_message(chunk["error"])
             return False
+        self.tool_calls += event_tool_call(chunk)
         if isinstance(chunk.get("model"), str):
             self.model = chunk["model"]
         usage = _usage(chunk.get("usage"))
@@ -136,6 +142,7 @@ class _ResponsesWatcher(Watcher):
         if kind == "error":
             self.failed = error_message(data.get("error", data))
             return False
+        self.tool_calls += event_tool_call(data)
         response = data.get("response")
         if isinstance(response, dict):
             if isinstance(response.get("model"), str):

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from meshbridge import Mesh
+from meshbridge import CallRecord, Mesh
 
 
 class MeshFactory(Protocol):
@@ -34,3 +34,28 @@ async def settle(condition: Callable[[], bool], *, rounds: int = 500) -> bool:
             return True
         await asyncio.sleep(0.002)
     return condition()
+
+
+class KeptLedger:
+    """A usage ledger that keeps the records it is given in a list (and notes
+    its lifecycle): for tests of what the core records, not of storage."""
+
+    def __init__(self, *, record_prompts: bool = False) -> None:
+        self.record_prompts = record_prompts
+        self.records: list[CallRecord] = []
+        self.events: list[str] = []
+
+    def record(self, record: CallRecord) -> None:
+        self.records.append(record)
+
+    async def start(self) -> None:
+        self.events.append("start")
+
+    async def aclose(self) -> None:
+        self.events.append(f"aclose after {len(self.records)} records")
+
+    async def one(self) -> CallRecord:
+        """The one record kept, once it is there."""
+        assert await settle(lambda: len(self.records) >= 1)
+        assert len(self.records) == 1, self.records
+        return self.records[0]

@@ -55,7 +55,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from meshbridge import MeshError, MissingAPIKeyID, ProviderNotFound, use_api_key_id, use_source
+from meshbridge import (
+    MeshError,
+    MissingAPIKeyID,
+    ProviderNotFound,
+    use_api_key_id,
+    use_client,
+    use_source,
+)
 from meshbridge.providers import PEER_HEADER
 
 from ._config import ClientConfig, ServerConfig
@@ -277,6 +284,10 @@ class Gateway:
         assert self._session is not None
         try:
             with contextlib.ExitStack() as identity:
+                if client.signed:  # a peer forwards its caller: the ledger names both
+                    identity.enter_context(use_client(None, peer=client.name.removeprefix("peer:")))
+                else:
+                    identity.enter_context(use_client(client.name))
                 if client.source is not None:
                     identity.enter_context(use_source(client.source))
                 if client.api_key_id is not None:
