@@ -31,9 +31,13 @@ Rules of the gateway:
 6. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
    shutting down) and ``/metrics`` (the mesh registry) need no token. With
    ``admin_listen`` they are served on that listener only (``/healthz`` on
-   both), and the admin listener serves nothing else.
+   both), and the admin listener serves nothing else but the admin API
+   (``/admin/api/...``, behind its own gate: ``_admin_gate.py``).
 7. One structured access-log line per request (logger ``meshbridge.access``),
    also for what never reached a handler (malformed HTTP, head timeouts).
+8. A request the gateway refuses after the gate knew its caller is recorded
+   in the usage ledger as that caller's call (``_refusals.py``); what the
+   mesh was handed, the mesh records.
 
 The connection-level rules (timeouts, the connection cap, fixed answers to
 malformed HTTP, the ``Server`` header) are in ``_http_guard.py``.
@@ -65,6 +69,7 @@ from meshbridge import (
 )
 from meshbridge.providers import PEER_HEADER
 
+from ._admin_gate import AdminGate
 from ._config import ClientConfig, ServerConfig
 from ._http_guard import (
     Limits,
@@ -76,7 +81,9 @@ from ._http_guard import (
 )
 from ._http_guard import json_error as _error
 from ._peer_auth import Caller, PeerGate
+from ._refusals import refusal_record
 from ._reload import Reloader
+from ._usage_api import UsageAPI
 
 __all__ = ["Gateway"]
 
@@ -111,6 +118,7 @@ CLIENT: Final = web.RequestKey("meshbridge_client", Caller)
 PROVIDER: Final = web.RequestKey("meshbridge_provider", str)
 RESPONSE: Final = web.RequestKey("meshbridge_response", web.StreamResponse)
 SENT: Final = web.RequestKey("meshbridge_sent", int)  # body bytes relayed so far
+HANDED: Final = web.RequestKey("meshbridge_handed", bool)  # to the mesh, which records it
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -137,6 +145,14 @@ class Gateway:
         self.peers = PeerGate(self.mesh.registry, lambda: self.settings.peers)
         self.worker: int | None = None  # its index under `serve --workers`, for /healthz
         self.metrics: Handler | None = None  # /metrics, if not the mesh registry's own
+        self.ledger = reloader.ledger
+        self.admin_gate = AdminGate(
+            lambda: self.settings, admin_apart=self.admin_apart, not_found=self._no_route
+        )
+        self.usage = UsageAPI(
+            lambda: self.reloader.config.ledger if self.ledger is not None else None,
+            self.admin_gate,
+        )
 
     @property
     def settings(self) -> ServerConfig:
@@ -160,6 +176,7 @@ class Gateway:
             ("GET", "/healthz", self._healthz),
             ("GET", "/readyz", self._admin(self._readyz)),
             ("GET", "/metrics", self._admin(self.metrics or self.mesh.metrics_handler())),
+            *self.usage.routes(),
             ("*", "/{provider}/{tail:.*}", self._forward),
             ("*", "/{tail:.*}", self._no_route),
         ]
@@ -173,6 +190,7 @@ class Gateway:
             self._session = session
             yield
         self._session = None
+        await self.usage.close()
 
     # -- routes ----------------------------------------------------------------
 
@@ -202,7 +220,7 @@ class Gateway:
 
     async def _no_route(self, request: web.Request) -> web.Response:
         if self._on_admin(request):
-            message = "the admin listener serves /metrics, /healthz and /readyz"
+            message = "the admin listener serves /metrics, /healthz, /readyz and /admin/api/"
         elif self.admin_apart:
             message = "use /<provider>/... or /healthz"
         else:
@@ -292,15 +310,17 @@ class Gateway:
                     identity.enter_context(use_source(client.source))
                 if client.api_key_id is not None:
                     identity.enter_context(use_api_key_id(client.api_key_id))
+                request[HANDED] = True
                 upstream = await self._session.request(
                     request.method, url, headers=headers, data=body or None
                 )
-        except ProviderNotFound:
-            return self._unknown(name, client)  # unregistered by a reload meanwhile
-        except MissingAPIKeyID:
-            message = f"provider {name!r} requires an API key id; client {client.name!r} has none"
-            return _error(403, "permission_error", message)
         except MeshError as exc:
+            request[HANDED] = False  # refused before the mesh made it a call
+            if isinstance(exc, ProviderNotFound):
+                return self._unknown(name, client)  # unregistered by a reload meanwhile
+            if isinstance(exc, MissingAPIKeyID):
+                message = f"provider {name!r} requires an API key id; {client.name!r} has none"
+                return _error(403, "permission_error", message)
             return _error(503, "unavailable", f"provider {name!r} is unavailable: {exc}")
         async with upstream:
             return await self._relay(request, upstream)
@@ -388,7 +408,14 @@ class Gateway:
             response, outcome = exc, "completed"
             raise
         finally:
-            self._log(request, response, outcome, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._log(request, response, outcome, seconds)
+            client = request.get(CLIENT)
+            if self.ledger is not None and client is not None and not request.get(HANDED):
+                self.ledger.record(
+                    refusal_record(client, request.get(PROVIDER), request,
+                                   response or request.get(RESPONSE), outcome, seconds)
+                )  # fmt: skip
 
     def _log(
         self,

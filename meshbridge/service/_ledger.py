@@ -162,8 +162,11 @@ class Ledger:
 
     def reconfigure(self, config: LedgerConfig) -> list[str]:
         """Take a reloaded config's prompt and retention settings; returns
-        the keys that changed but need a restart (url, enabled, bounds)."""
-        live = ("record_prompts", "prompt_max_chars", "redact", "retention_days")
+        the keys that changed but need a restart (url, enabled, bounds, and
+        ``record_prompts`` turned on: the mesh reads it once, when it is made)."""
+        live = ["prompt_max_chars", "redact", "retention_days"]
+        if not config.record_prompts:
+            live.append("record_prompts")  # stored prompts stop at once
         changes = {key: getattr(config, key) for key in live}
         restart = [
             f.name

@@ -15,11 +15,12 @@ Rules of the reader:
 
 from __future__ import annotations
 
+import re
 import uuid
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate
 from typing import Any, Final
 
@@ -31,11 +32,33 @@ from ._ledger_config import LedgerConfig, database_url
 from ._ledger_schema import GROUPS, bucket_seconds, calls, record_of
 from ._ledger_store import Store
 
-__all__ = ["GROUP_BY", "MAX_PAGE", "LedgerReader", "UsageFilter", "UsageRow"]
+__all__ = ["GROUP_BY", "MAX_PAGE", "LedgerReader", "UsageFilter", "UsageRow", "parse_when"]
 
 GROUP_BY: Final = (*GROUPS, "day")
 MAX_PAGE: Final = 1000
 _TOKENS: Final = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
+_SPAN: Final = re.compile(r"(\d{1,6})([smhdw])")
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(value: str, now: datetime, name: str = "time") -> datetime:
+    """A point in time: ISO 8601 (a date, or a date and time; UTC unless it
+    says otherwise), or a span back from ``now`` such as ``30m``, ``24h``, ``7d``.
+
+    Raises:
+        ValueError: neither (the message names ``name``).
+    """
+    span = _SPAN.fullmatch(value.strip())
+    if span is not None:
+        return now - timedelta(seconds=int(span[1]) * _UNITS[span[2]])
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"{name}: expected an ISO 8601 time (2025-01-31, 2025-01-31T12:00Z) or a span "
+            f"back from now (30m, 24h, 7d), got {value[:64]!r}"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)

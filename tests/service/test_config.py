@@ -38,7 +38,7 @@ def errors_of(path: Path) -> list[str]:
         ),
         pytest.param(
             FAKE + "[extra]\n",
-            "extra: unknown key (expected one of: providers, routes, server)",
+            "extra: unknown key (expected one of: ledger, providers, routes, server)",
             id="unknown top-level key",
         ),
         pytest.param(
