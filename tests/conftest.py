@@ -12,6 +12,7 @@ from aiohttp import web
 from meshbridge import Mesh
 
 from .helpers import MeshFactory
+from .postgres import PostgresServer, require_postgres
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,6 +29,24 @@ def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         del os.environ["XDG_STATE_HOME"]
     else:
         os.environ["XDG_STATE_HOME"] = before
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL for the session (tests/postgres.py); skipped when
+    not installed, a failure under CI=true."""
+    server = PostgresServer.create(require_postgres())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's PostgreSQL."""
+    return postgres_server.new_database()
 
 
 @pytest.fixture

@@ -122,6 +122,8 @@ def test_importing_the_core_loads_no_other_layer_and_no_toml_parser() -> None:
     assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib"))]
     # tracing is optional and lazy: installed (the SDKs depend on it) yet not loaded
     assert not [m for m in loaded if is_under(m, ("opentelemetry", "meshbridge._otel"))]
+    # the usage ledger's storage is the service's: installed, not loaded by the core
+    assert not [m for m in loaded if is_under(m, ("sqlalchemy", "alembic", "psycopg"))]
 
 
 def test_only_the_tracing_module_of_the_core_imports_opentelemetry() -> None:

@@ -7,6 +7,7 @@ meshbridge serve CONFIG      serve the providers over HTTP (SIGHUP reloads;
                              --workers N: N processes on one port)
 meshbridge reload CONFIG     make the running `serve` of CONFIG reload it
 meshbridge demo              fake providers under a live workload, /metrics on --listen
+meshbridge usage CONFIG      summaries (--group-by) and calls (--calls) from the usage ledger
 meshbridge kinds             list the installed provider kinds
 """
 
@@ -27,6 +28,7 @@ from ._config import Config, load_config, parse_listen
 from ._demo import run_demo
 from ._pidfile import PidFileError, pid_file_for, read_pid_file, signal_serve
 from ._service import Service, serve_until_signalled
+from ._usage_cli import add_usage_parser, usage
 from ._workers import WorkerSpec, run_worker, supervise
 
 __all__ = ["main"]
@@ -116,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         help="stop after this long (default: Ctrl-C)",
     )
     demo.add_argument("--access-log", action="store_true", help="log every outside request")
+    add_usage_parser(commands)
     commands.add_parser("kinds", help="list the installed provider kinds")
     return parser
 
@@ -241,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the ledger logs its own upgrades
     if args.command == "check":
         return check(args.config, no_env=args.no_env)
     if args.command == "routes":
@@ -253,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reload(args.config, args.pid)
     if args.command == "kinds":
         return list_kinds()
+    if args.command == "usage":
+        return usage(args)
 
     if not args.access_log:
         logging.getLogger("meshbridge.access").setLevel(logging.WARNING)

@@ -206,4 +206,11 @@ class LedgerReader:
         return found[:limit], found[limit - 1].id if more else None
 
     def close(self) -> None:
+        """Close the database connections it holds."""
         self.store.dispose()
+
+    def __enter__(self) -> LedgerReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -44,6 +45,8 @@ from ._ledger_schema import calls
 from ._private_dir import make_private_dir, state_dir
 
 __all__ = ["Store"]
+
+log = logging.getLogger("meshbridge.ledger")
 
 VERSION_TABLE: Final = "meshbridge_alembic_version"
 _MIGRATIONS: Final = Path(__file__).with_name("_migrations")
@@ -131,8 +134,10 @@ class Store:
 
     def migrate(self) -> None:
         """Upgrade the schema to :meth:`head` (rule 3)."""
-        if self.revision() == self.head():
+        found, head = self.revision(), self.head()
+        if found == head:
             return
+        log.info("ledger: upgrading the schema of %s from %s to %s", self.where, found, head)
         with self._migration_lock() as connection:
             config = AlembicConfig()
             config.set_main_option("script_location", str(_MIGRATIONS))
