@@ -10,7 +10,7 @@ Rules of the store:
 1. SQLite runs in WAL mode (readers never block the writer, and the workers
    of ``serve --workers`` can share one file), with a busy timeout; a new
    database file is created with mode 0600 (prompts may be in it), in the
-   state directory by default (mode 0700).
+   state directory by default (mode 0700, as is a missing folder it makes).
 2. PostgreSQL sessions run in UTC, connect within 5 s and give up a
    statement after 30 s, so a database that hangs is a failed write (the
    writer then spools) rather than a writer stuck for good.
@@ -109,7 +109,7 @@ class Store:
             return
         if not create:
             raise FileNotFoundError(f"no ledger database at {path}")
-        if path.parent == state_dir():
+        if path.parent == state_dir() or not path.parent.exists():
             make_private_dir(path.parent)
         with contextlib.suppress(FileExistsError):  # another worker made it meanwhile
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
