@@ -1,9 +1,11 @@
 """The command line: ``python -m benchmarks [--smoke|--quick] [--rounds N] [--only W]
 [--json PATH]``, and ``python -m benchmarks soak [--quick]`` (see ``soak.py``),
 ``slowloris``, ``policies [--quick]`` (what traffic policies cost, see
-``policies.py``), ``workers [--quick]`` (gateway throughput with 1 and 2
-workers, see ``workers.py``) and ``versions`` (the unary and streaming
-workloads under each Python's venv, one table, see ``versions.py``)."""
+``policies.py``), ``ledger [--quick] [--postgres URL]`` (what the usage
+ledger costs and sustains, see ``ledger.py``), ``workers [--quick]``
+(gateway throughput with 1 and 2 workers, see ``workers.py``) and
+``versions`` (the unary and streaming workloads under each Python's venv,
+one table, see ``versions.py``)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import policies, slowloris, soak, versions, workers
+from . import ledger, policies, slowloris, soak, versions, workers
 from .apart import serve_main
 from .contenders import CONTENDERS
 from .report import summarize, table, write_json
@@ -97,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return soak.main(argv[1:])
     if argv[:1] == ["policies"]:
         return policies.main(argv[1:])
+    if argv[:1] == ["ledger"]:
+        return ledger.main(argv[1:])
     if argv[:1] == ["workers"]:
         return workers.main(argv[1:])
     if argv[:1] == ["versions"]:

@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from benchmarks.apps import aiohttp_app
@@ -211,3 +212,30 @@ def test_the_cost_of_traffic_policies_is_measured(tmp_path: Path) -> None:
     assert figures["retried"]["ratio"] > 0
     # a retried 32 KiB body is kept once for its replay, never more than the limit
     assert 32 * 1024 <= figures["kept"]["body_32k"] <= figures["kept"]["replay_limit"]
+
+
+@pytest.mark.integration
+def test_the_cost_and_the_throughput_of_the_ledger_are_measured(tmp_path: Path) -> None:
+    out = tmp_path / "ledger.json"
+    done = run_benchmarks("ledger", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    # figures only (no timing asserted): every row was measured
+    assert set(figures) == {
+        "sequential",
+        "concurrent_64",
+        "rows_per_second",
+        "summary_seconds",
+        "summary_rows",
+    }
+    assert figures["rows_per_second"]["sqlite"] > 0
+    assert set(figures["summary_seconds"]) == {
+        "total",
+        "key",
+        "source",
+        "client",
+        "provider",
+        "model",
+        "day",
+    }
+    assert figures["sequential"]["ledger_loop_us"] > 0

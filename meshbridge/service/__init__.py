@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from meshbridge import ConfigError
 
+from ._admin_gate import AdminGate
 from ._cli import main
 from ._config import (
     ClientConfig,
@@ -32,7 +33,6 @@ from ._config import (
     load_config,
     parse_config,
 )
-from ._admin_gate import AdminGate
 from ._demo import run_demo
 from ._gateway import Gateway
 from ._ledger import Ledger

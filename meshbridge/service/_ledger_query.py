@@ -29,7 +29,7 @@ from sqlalchemy import ColumnElement, Select, case, func, literal, or_, select
 from meshbridge import CallRecord
 
 from ._ledger_config import LedgerConfig, database_url
-from ._ledger_schema import GROUPS, bucket_seconds, calls, record_of
+from ._ledger_schema import GROUPS, bucket_seconds, calls, id_at, record_of
 from ._ledger_store import Store
 
 __all__ = ["GROUP_BY", "MAX_PAGE", "LedgerReader", "UsageFilter", "UsageRow", "parse_when"]
@@ -75,10 +75,11 @@ class UsageFilter:
 
     def where(self) -> list[ColumnElement[bool]]:
         found: list[ColumnElement[bool]] = []
-        if self.since is not None:
-            found.append(calls.c.started >= self.since)
+        if self.since is not None:  # the ids too: SQLite then reads a range of its table
+            found += [calls.c.id >= id_at(self.since.timestamp()), calls.c.started >= self.since]
         if self.until is not None:
-            found.append(calls.c.started < self.until)
+            until = self.until.timestamp()
+            found += [calls.c.id < id_at(until, after=True), calls.c.started < self.until]
         equal = {"source": self.source, "api_key_id": self.api_key_id, "client": self.client,
                  "provider": self.provider, "model": self.model}  # fmt: skip
         found += [calls.c[column] == value for column, value in equal.items() if value is not None]

@@ -272,4 +272,9 @@ async def test_the_migrated_schema_is_the_one_the_queries_use(url: str, tmp_path
         differences = compare_metadata(context, metadata)
     engine.dispose()
     ours = [d for d in differences if "meshbridge_alembic_version" not in str(d)]
-    assert ours == []
+    if driver.startswith("sqlite"):  # the key's index is made on PostgreSQL only
+        assert [(d[0], d[1].name) for d in ours] == [
+            ("add_index", "ix_meshbridge_calls_api_key_id")
+        ]
+    else:
+        assert ours == []

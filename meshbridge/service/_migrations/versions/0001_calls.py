@@ -14,14 +14,15 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-_INDEXES = {
-    "ix_meshbridge_calls_started": ["started"],
-    "ix_meshbridge_calls_api_key_id": ["api_key_id", "started"],
-    "ix_meshbridge_calls_source": ["source", "started"],
-    "ix_meshbridge_calls_client": ["client", "started"],
-    "ix_meshbridge_calls_provider": ["provider", "started"],
-    "ix_meshbridge_calls_model": ["model", "started"],
-}
+# (name, columns, dialects it is made on: None for all); see _ledger_schema.py, rule 5.
+_INDEXES = [
+    ("ix_meshbridge_calls_started", ["started"], None),
+    ("ix_meshbridge_calls_api_key_id", ["api_key_id", "started"], {"postgresql"}),
+]
+
+
+def _made(dialects: set[str] | None) -> bool:
+    return dialects is None or op.get_bind().dialect.name in dialects
 
 
 def upgrade() -> None:
@@ -58,11 +59,13 @@ def upgrade() -> None:
         sa.Column("prompt", sa.Text()),
         sqlite_with_rowid=False,
     )
-    for name, columns in _INDEXES.items():
-        op.create_index(name, "meshbridge_calls", columns)
+    for name, columns, dialects in _INDEXES:
+        if _made(dialects):
+            op.create_index(name, "meshbridge_calls", columns)
 
 
 def downgrade() -> None:
-    for name in _INDEXES:
-        op.drop_index(name, table_name="meshbridge_calls")
+    for name, _, dialects in _INDEXES:
+        if _made(dialects):
+            op.drop_index(name, table_name="meshbridge_calls")
     op.drop_table("meshbridge_calls")
