@@ -9,6 +9,10 @@
   requests pay, building and queueing the record) and the whole process
   (``time.process_time``: the writer thread's inserts too). CPU, not wall
   time: the machines are shared.
+* per-request cost through ``serve``: a chat completion from a fake provider
+  through the gateway (HTTP on loopback, client in the same process), with
+  ``[ledger] enabled`` true and false: process CPU per request, the
+  writer's inserts included.
 * rows per second sustained: records handed to a ledger as fast as the loop
   can, until the writer has stored them all; SQLite always, PostgreSQL with
   ``--postgres postgresql://...`` (an empty database the benchmark may fill).
@@ -31,11 +35,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from meshbridge import CallRecord, Mesh
-from meshbridge.service import Ledger, LedgerConfig, LedgerReader, UsageFilter
+from meshbridge.service import (
+    Ledger,
+    LedgerConfig,
+    LedgerReader,
+    Service,
+    UsageFilter,
+    load_config,
+)
 
 GROUPS = (None, "key", "source", "client", "provider", "model", "day")
 
@@ -122,6 +134,60 @@ async def request_cost(count: int, rounds: int, concurrency: int) -> dict[str, f
     return figures
 
 
+GATEWAY = """
+[server]
+listen = "127.0.0.1:0"
+[server.clients.bench]
+token = "token-of-the-benchmark"
+source = "bench"
+api_key_id = "team-a"
+[ledger]
+enabled = {enabled}
+url = "sqlite:///{folder}/gateway.sqlite3"
+[providers.llm]
+kind = "fake"
+tokens_per_second = 0
+time_to_first_token = 0
+reply_tokens = 8
+"""
+CHAT = {"model": "fake-small", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+async def _gateway_round(enabled: bool, folder: Path, count: int, concurrency: int) -> float:
+    path = folder / f"gateway-{enabled}.toml"
+    path.write_text(GATEWAY.format(enabled=str(enabled).lower(), folder=folder))
+    headers = {"Authorization": "Bearer token-of-the-benchmark"}
+    async with (
+        Service(load_config(path), port=0) as service,
+        aiohttp.ClientSession(headers=headers) as session,
+    ):
+        url = f"{service.url}/llm/v1/chat/completions"
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                async with session.post(url, json=CHAT) as reply:
+                    await reply.read()
+
+        await worker(50)
+        if service.ledger is not None:
+            await service.ledger.flush()
+        started = time.process_time()
+        await asyncio.gather(*(worker(count // concurrency) for _ in range(concurrency)))
+        if service.ledger is not None:
+            await service.ledger.flush()
+        return (time.process_time() - started) / count
+
+
+async def gateway_cost(count: int, rounds: int, concurrency: int) -> dict[str, float]:
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(rounds):
+            for enabled, found in runs.items():
+                found.append(await _gateway_round(enabled, Path(folder), count, concurrency))
+    off, on = statistics.median(runs[False]), statistics.median(runs[True])
+    return {"off_us": off * 1e6, "on_us": on * 1e6, "cost": on / off - 1}
+
+
 def _records(count: int, start: float, spread: float) -> list[CallRecord]:
     """``count`` plausible records, started over ``spread`` seconds from ``start``:
     50 keys, 3 sources and clients, 2 providers, 4 models, 1 in 3 an error."""
@@ -202,6 +268,8 @@ async def run(quick: bool, postgres: str | None) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "sequential": await request_cost(count, rounds, 1),
         "concurrent_64": await request_cost(count * 2, rounds, 64),
+        "gateway_sequential": await gateway_cost(count // 2, rounds, 1),
+        "gateway_64": await gateway_cost(count, rounds, 64),
     }
     with tempfile.TemporaryDirectory() as folder:
         sqlite = f"sqlite:///{folder}/rows.sqlite3"
@@ -228,6 +296,12 @@ def report(figures: dict[str, Any]) -> str:
             none, kept, ledger = (f[f"{k}_{part}_us"] for k in ("none", "list", "ledger"))
             lines.append(f"| unary, {label}, {what} | {none:.0f} µs | {kept:.0f} µs | "
                          f"{ledger:.0f} µs | {f[f'{part}_cost']:+.1%} |")  # fmt: skip
+    lines += ["", "| CPU per request through `serve` | ledger off | ledger on | cost |",
+              "|---|---|---|---|"]  # fmt: skip
+    for name, label in (("gateway_sequential", "sequential"), ("gateway_64", "64 concurrent")):
+        f = figures[name]
+        lines.append(f"| chat completion, {label} | {f['off_us']:.0f} µs | {f['on_us']:.0f} µs "
+                     f"| {f['cost']:+.1%} |")  # fmt: skip
     lines += ["", "| sustained | rows per second |", "|---|---|"]
     lines += [f"| {db} | {rate:,.0f} |" for db, rate in figures["rows_per_second"].items()]
     lines += [

@@ -224,6 +224,8 @@ def test_the_cost_and_the_throughput_of_the_ledger_are_measured(tmp_path: Path) 
     assert set(figures) == {
         "sequential",
         "concurrent_64",
+        "gateway_sequential",
+        "gateway_64",
         "rows_per_second",
         "summary_seconds",
         "summary_rows",

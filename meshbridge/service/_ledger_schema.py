@@ -167,11 +167,13 @@ def _cut(value: str | None, limit: int = _MAX_TEXT) -> str | None:
     NUL (PostgreSQL refuses it) and no lone surrogate (not UTF-8)."""
     if value is None:
         return None
-    value = value[:limit]
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        value = value.encode(errors="replace").decode()
+    if len(value) > limit:
+        value = value[:limit]
+    if not value.isascii():  # the common case needs no encoding to know it is fine
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            value = value.encode(errors="replace").decode()
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 

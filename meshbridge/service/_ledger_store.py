@@ -21,7 +21,8 @@ Rules of the store:
    so replaying a spool twice stores each record once.
 5. The insert is the one hot statement (every call is a row): compiled once,
    its rows converted by the column types' bind processors and handed to the
-   driver's executemany, it costs a third of a ``Connection.execute`` per row.
+   driver's own ``executemany`` in SQLAlchemy's transaction, it costs about a
+   third of what ``Connection.execute`` costs per row.
 """
 
 from __future__ import annotations
@@ -191,7 +192,11 @@ class Store:
             for name, process in processors:
                 row[name] = process(row[name])
         with self.engine.begin() as connection:
-            connection.exec_driver_sql(self._statement, list(rows))
+            cursor = connection.connection.cursor()  # the driver's own: no per-row wrapping
+            try:
+                cursor.executemany(self._statement, rows)
+            finally:
+                cursor.close()
 
     def prune(self, before: datetime) -> int:
         """Delete the calls that started before ``before``, a chunk per
