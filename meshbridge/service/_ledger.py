@@ -44,7 +44,6 @@ from meshbridge import CallRecord
 
 from ._ledger_config import LedgerConfig, database_url
 from ._ledger_metrics import LedgerMetrics
-from ._ledger_schema import row_of
 from ._ledger_spool import Spool, spool_dir
 from ._ledger_store import Store
 from ._private_dir import state_dir
@@ -226,7 +225,7 @@ class Ledger:
 
     def _insert(self, records: list[CallRecord]) -> None:
         assert self._store is not None
-        self._store.insert([row_of(r, r.prompt) for r in records])
+        self._store.insert(records)
         self.metrics.written += len(records)
 
     def _run(self) -> None:
