@@ -48,9 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
-import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -69,6 +66,7 @@ from meshbridge import (
 )
 from meshbridge.providers import PEER_HEADER
 
+from ._access_log import CLIENT, HANDED, PROVIDER, RESPONSE, SENT, AccessLog
 from ._admin_gate import AdminGate
 from ._config import ClientConfig, ServerConfig
 from ._http_guard import (
@@ -81,13 +79,10 @@ from ._http_guard import (
 )
 from ._http_guard import json_error as _error
 from ._peer_auth import Caller, PeerGate
-from ._refusals import refusal_record
 from ._reload import Reloader
 from ._usage_api import UsageAPI
 
 __all__ = ["Gateway"]
-
-access_log = logging.getLogger("meshbridge.access")
 
 # Request headers never forwarded: hop-by-hop, the gate's credentials, and
 # anything claiming to be meshbridge's own.
@@ -114,11 +109,6 @@ _DROP_RESPONSE: Final = frozenset(
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-CLIENT: Final = web.RequestKey("meshbridge_client", Caller)
-PROVIDER: Final = web.RequestKey("meshbridge_provider", str)
-RESPONSE: Final = web.RequestKey("meshbridge_response", web.StreamResponse)
-SENT: Final = web.RequestKey("meshbridge_sent", int)  # body bytes relayed so far
-HANDED: Final = web.RequestKey("meshbridge_handed", bool)  # to the mesh, which records it
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -146,6 +136,8 @@ class Gateway:
         self.worker: int | None = None  # its index under `serve --workers`, for /healthz
         self.metrics: Handler | None = None  # /metrics, if not the mesh registry's own
         self.ledger = reloader.ledger
+        self.access = AccessLog(self.ledger)
+        self.rejected = self.access.rejected  # what never reached a handler (_http_guard.py)
         self.admin_gate = AdminGate(
             lambda: self.settings, admin_apart=self.admin_apart, not_found=self._no_route
         )
@@ -169,7 +161,7 @@ class Gateway:
 
     def app(self) -> web.Application:
         """The server's ``web.Application`` (public and admin routes)."""
-        app = web.Application(middlewares=[track_requests, self._access_log])
+        app = web.Application(middlewares=[track_requests, self.access.middleware])
         app.on_response_prepare.append(server_header)
         app.cleanup_ctx.append(self._mesh_session)
         routes: list[tuple[str, str, Handler]] = [
@@ -385,74 +377,3 @@ class Gateway:
         limit = self.max_body_bytes
         message = f"request body is larger than the limit of {limit} bytes"
         return _error(413, "request_too_large", message, limit=limit)
-
-    # -- access log --------------------------------------------------------------
-
-    @web.middleware
-    async def _access_log(
-        self,
-        request: web.Request,
-        handler: Handler,
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
-        response: web.StreamResponse | None = None
-        outcome = "error"
-        try:
-            response = await handler(request)
-            outcome = "completed"
-            return response
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except web.HTTPException as exc:
-            response, outcome = exc, "completed"
-            raise
-        finally:
-            seconds = time.perf_counter() - started
-            self._log(request, response, outcome, seconds)
-            client = request.get(CLIENT)
-            if self.ledger is not None and client is not None and not request.get(HANDED):
-                self.ledger.record(
-                    refusal_record(client, request.get(PROVIDER), request,
-                                   response or request.get(RESPONSE), outcome, seconds)
-                )  # fmt: skip
-
-    def _log(
-        self,
-        request: web.Request,
-        response: web.StreamResponse | None,
-        outcome: str,
-        seconds: float,
-    ) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        client = request.get(CLIENT)
-        response = response or request.get(RESPONSE)  # a stream that broke had started
-        if response is None:
-            status, sent = (0 if outcome == "cancelled" else 500), 0
-        elif isinstance(response, web.Response):
-            status, sent = response.status, response.content_length or 0
-        else:
-            status, sent = response.status, request.get(SENT, 0)
-        line = {
-            "method": request.method,
-            "path": request.rel_url.raw_path,
-            "provider": request.get(PROVIDER),
-            "client": client.name if client is not None else None,
-            "source": str(client.source) if client and client.source else None,
-            "status": status,
-            "outcome": outcome,
-            "duration_ms": round(seconds * 1000, 3),
-            "bytes_in": request.content.total_bytes,
-            "bytes_out": sent,
-            "remote": request.remote,
-        }
-        access_log.info(json.dumps(line, separators=(",", ":")))
-
-    def rejected(self, remote: str | None, status: int, outcome: str) -> None:
-        """The access-log line of what never reached a handler (malformed
-        HTTP, a head that timed out): nothing of the request is repeated."""
-        if access_log.isEnabledFor(logging.INFO):
-            nobody = dict.fromkeys(("method", "path", "provider", "client", "source"))
-            line = {**nobody, "status": status, "outcome": outcome, "remote": remote}
-            access_log.info(json.dumps(line, separators=(",", ":")))

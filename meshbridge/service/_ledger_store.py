@@ -40,10 +40,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, delete, event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -57,6 +53,10 @@ from ._private_dir import make_private_dir, state_dir
 __all__ = ["Store"]
 
 log = logging.getLogger("meshbridge.ledger")
+
+# _alembic_later: Alembic is imported where a schema is checked or migrated,
+# not with this module: that is 150 ms of every `meshbridge` command that
+# opens no ledger (check, routes, reload, kinds).
 
 VERSION_TABLE: Final = "meshbridge_alembic_version"
 _MIGRATIONS: Final = Path(__file__).with_name("_migrations")
@@ -145,12 +145,16 @@ class Store:
     def revision(self) -> str | None:
         """The schema's Alembic revision (None: an empty database)."""
         with self.engine.connect() as connection:
+            from alembic.runtime.migration import MigrationContext  # see _alembic_later
+
             context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
             return context.get_current_revision()
 
     @staticmethod
     def head() -> str | None:
         """The revision this meshbridge's migrations lead to."""
+        from alembic.script import ScriptDirectory  # see _alembic_later
+
         return ScriptDirectory(str(_MIGRATIONS)).get_current_head()
 
     def migrate(self) -> None:
@@ -160,6 +164,9 @@ class Store:
             return
         log.info("ledger: upgrading the schema of %s from %s to %s", self.where, found, head)
         with self._migration_lock() as connection:
+            from alembic import command  # see _alembic_later
+            from alembic.config import Config as AlembicConfig
+
             config = AlembicConfig()
             config.set_main_option("script_location", str(_MIGRATIONS))
             config.attributes["connection"] = connection
