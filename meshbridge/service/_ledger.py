@@ -109,7 +109,7 @@ class Ledger:
         )
 
     def __repr__(self) -> str:
-        return f"<Ledger {self._where} queued={len(self._queue)}>"
+        return f"<Ledger {self.where} queued={len(self._queue)}>"
 
     # -- the sink ------------------------------------------------------------------
 
@@ -207,18 +207,23 @@ class Ledger:
         self._up, self._retry_in = True, _FIRST_RETRY
         self.metrics.replayed += replayed
         if self._outage or replayed:
-            log.info("ledger: writing to %s again, %d spooled records replayed", self._where,
+            log.info("ledger: writing to %s again, %d spooled records replayed", self.where,
                      replayed)  # fmt: skip
         self._outage = False
 
     @property
-    def _where(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+    def where(self) -> str:
+        """The database it writes to, as a log line may name it: a SQLite
+        file's path, or a URL without its password."""
+        url = make_url(self.url)
+        if url.get_backend_name() == "sqlite":
+            return url.database or ""
+        return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
     def _failed(self, exc: BaseException) -> None:
         self.metrics.write_errors += 1
         if not self._outage:
-            log.warning("ledger: %s is unavailable, spooling: %s", self._where, _one_line(exc))
+            log.warning("ledger: %s is unavailable, spooling: %s", self.where, _one_line(exc))
         self._up, self._outage = False, True
         self._retry_at = time.monotonic() + self._retry_in
         self._retry_in = min(self._retry_in * 2, _MAX_RETRY)
