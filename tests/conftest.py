@@ -12,7 +12,7 @@ from aiohttp import web
 from meshbridge import Mesh
 
 from .helpers import MeshFactory
-from .postgres import PostgresServer, require_postgres
+from .postgres import PostgresServer, running_postgres
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,12 +35,8 @@ def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
 def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL for the session (tests/postgres.py); skipped when
     not installed, a failure under CI=true."""
-    server = PostgresServer.create(require_postgres())
-    try:
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture

@@ -17,14 +17,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import pytest
 
-__all__ = ["PostgresServer", "find_postgres", "require_postgres"]
+__all__ = ["PostgresServer", "find_postgres", "require_postgres", "running_postgres"]
 
 
 def find_postgres() -> Path | None:
@@ -43,6 +43,18 @@ def require_postgres() -> Path:
             pytest.fail(f"{reason}; under CI a missing server is a failure", pytrace=False)
         pytest.skip(reason)
     return bindir
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A new cluster, started; stopped by its pid and removed on the way out.
+    Skipped without PostgreSQL, a failure under ``CI=true``."""
+    server = PostgresServer.create(require_postgres())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 def _free_port() -> int:

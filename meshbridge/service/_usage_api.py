@@ -28,6 +28,7 @@ from ._ledger_query import GROUP_BY, LedgerReader, UsageFilter, UsageRow, parse_
 
 __all__ = ["UsageAPI", "call_json", "filter_of", "row_json"]
 
+Query = Callable[[LedgerReader], Any]  # run in a thread with the service's reader
 _AT_ONCE: Final = 4  # queries running together; more wait their turn
 _FILTERS: Final = {"source": "source", "key": "api_key_id", "client": "client",
                    "provider": "provider", "model": "model"}  # fmt: skip
@@ -84,7 +85,7 @@ class UsageAPI:
             await asyncio.to_thread(self._reader.close)
             self._reader = None
 
-    async def _run(self, query: Callable[[LedgerReader], Any]) -> Any:
+    async def _run(self, query: Query) -> Any:
         config = self._ledger()
         if config is None:
             raise LookupError("the usage ledger is off ([ledger] enabled = false)")
@@ -93,9 +94,13 @@ class UsageAPI:
                 self._reader = await asyncio.to_thread(LedgerReader, config)
             return await asyncio.to_thread(query, self._reader)
 
-    async def _answer(self, query: Callable[[LedgerReader], Any]) -> Any:
+    async def _answer(
+        self, params: Mapping[str, str], query_for: Callable[[UsageFilter], Query]
+    ) -> Any:
+        """The answer of the query ``query_for`` makes of the filters in
+        ``params``, or the error response (400 names a bad parameter)."""
         try:
-            return await self._run(query)
+            return await self._run(query_for(filter_of(params)))
         except ValueError as exc:
             return json_error(400, "invalid_request_error", str(exc))
         except LookupError as exc:
@@ -105,17 +110,15 @@ class UsageAPI:
 
     async def _calls(self, request: web.Request) -> web.StreamResponse:
         params = request.query
-        limit_text = params.get("limit", "100")
-        if not limit_text.isdigit():
-            message = f"limit: expected a number of calls, got {limit_text[:32]!r}"
-            return json_error(400, "invalid_request_error", message)
-        try:
-            where = filter_of(params)
-        except ValueError as exc:
-            return json_error(400, "invalid_request_error", str(exc))
-        limit = int(limit_text)
-        cursor = params.get("cursor") or None
-        found = await self._answer(lambda reader: reader.calls(where, limit=limit, cursor=cursor))
+
+        def query(where: UsageFilter) -> Query:
+            limit = params.get("limit", "100")
+            if not limit.isdigit():
+                raise ValueError(f"limit: expected a number of calls, got {limit[:32]!r}")
+            cursor = params.get("cursor") or None
+            return lambda reader: reader.calls(where, limit=int(limit), cursor=cursor)
+
+        found = await self._answer(params, query)
         if isinstance(found, web.Response):
             return found
         page, after = found
@@ -124,14 +127,15 @@ class UsageAPI:
     async def _usage(self, request: web.Request) -> web.StreamResponse:
         params = request.query
         group_by = params.get("group_by") or None
-        if group_by is not None and group_by not in GROUP_BY:
-            message = f"group_by: expected one of {', '.join(GROUP_BY)}, got {group_by!r}"
-            return json_error(400, "invalid_request_error", message)
-        try:
-            where = filter_of(params)
-        except ValueError as exc:
-            return json_error(400, "invalid_request_error", str(exc))
-        rows = await self._answer(lambda reader: reader.summary(where, group_by))
+
+        def query(where: UsageFilter) -> Query:
+            if group_by is not None and group_by not in GROUP_BY:
+                raise ValueError(
+                    f"group_by: expected one of {', '.join(GROUP_BY)}, got {group_by!r}"
+                )
+            return lambda reader: reader.summary(where, group_by)
+
+        rows = await self._answer(params, query)
         if isinstance(rows, web.Response):
             return rows
         return web.json_response({"group_by": group_by, "rows": [row_json(r) for r in rows]})

@@ -90,7 +90,7 @@ def run(url: str, panel: dict[str, Any]) -> list[tuple[Any, ...]]:
     (target,) = panel["targets"]
     assert target["rawQuery"] is True
     with psycopg.connect(url) as connection:
-        return connection.execute(expand(target["rawSql"])).fetchall()  # type: ignore[arg-type]
+        return connection.execute(expand(target["rawSql"])).fetchall()
 
 
 def test_every_panel_reads_the_ledger_datasource_by_its_provisioned_uid() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anthropic
@@ -69,6 +70,16 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 Records = Callable[[int], Awaitable[list[CallRecord]]]
 
 
+async def chat(service: Service, provider: str) -> tuple[int, dict[str, str], Any]:
+    """A chat completion through the gateway as client ci: status, headers, JSON body."""
+    url = f"{service.url}/{provider}/v1/chat/completions"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=CHAT, headers=AUTH) as reply,
+    ):
+        return reply.status, dict(reply.headers), await reply.json(content_type=None)
+
+
 @pytest.fixture
 async def service(serve: ServiceFactory, tmp_path: Path) -> Service:
     return await serve(CONFIG.format(token=TOKEN, dir=tmp_path))
@@ -95,11 +106,7 @@ def records(service: Service, tmp_path: Path) -> Records:
 async def test_a_unary_call_is_recorded_with_its_caller_and_usage(
     service: Service, records: Records
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{service.url}/llm/v1/chat/completions", json=CHAT, headers=AUTH) as reply,
-    ):
-        answer = await reply.json()
+    _, _, answer = await chat(service, "llm")
     (record,) = await records(1)
     usage = answer["usage"]
     assert (record.client, record.peer, record.source, record.api_key_id) == (
@@ -191,11 +198,8 @@ async def test_a_caller_that_leaves_a_stream_is_recorded_as_cancelled(
 async def test_a_call_that_failed_over_is_recorded_with_the_provider_that_answered(
     service: Service, records: Records
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{service.url}/primary/v1/chat/completions", json=CHAT, headers=AUTH) as r,
-    ):
-        assert r.status == 200
+    status, _, _ = await chat(service, "primary")
+    assert status == 200
     (record,) = await records(1)
     assert (record.target, record.provider, record.fallback) == ("primary", "backup", True)
     assert record.attempts >= 2
@@ -205,11 +209,8 @@ async def test_a_call_that_failed_over_is_recorded_with_the_provider_that_answer
 async def test_a_call_the_mesh_refused_is_recorded_with_its_reason(
     service: Service, records: Records
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{service.url}/broken/v1/chat/completions", json=CHAT, headers=AUTH) as r,
-    ):
-        assert r.headers["x-meshbridge-reason"] == "fault"
+    _, headers, _ = await chat(service, "broken")
+    assert headers["x-meshbridge-reason"] == "fault"
     (record,) = await records(1)
     assert (record.provider, record.status, record.reason, record.attempts) == (
         "broken",

@@ -17,7 +17,7 @@ from meshbridge import Mesh
 from meshbridge.providers import ProviderContext, fake
 from meshbridge.service import Ledger
 
-from ..postgres import PostgresServer, require_postgres
+from ..postgres import PostgresServer, running_postgres
 from .ledger_helpers import make_record, new_ledger, rows_in
 
 pytestmark = pytest.mark.integration
@@ -29,12 +29,9 @@ WORKERS = 8
 
 @pytest.fixture
 def server() -> Iterator[PostgresServer]:
-    server = PostgresServer.create(require_postgres())
-    try:
-        server.start()
+    """A cluster of the test's own: the test stops and starts it."""
+    with running_postgres() as server:
         yield server
-    finally:
-        server.remove()
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
