@@ -234,27 +234,37 @@ class Ledger:
         self.metrics.written += len(records)
 
     def _run(self) -> None:
-        while True:
-            self._wake.wait(self.config.flush_interval)
-            self._wake.clear()
-            stopping = self._stopping
-            if not self._up and time.monotonic() >= self._retry_at:
-                self._connect()
-            while self._queue:
-                count = min(len(self._queue), self.config.batch_size)
-                self._write([self._prepared(self._queue.popleft()) for _ in range(count)])
-                self._handled += count
-            self._resolve_flushes()
-            if self._up and self.config.retention_days and time.monotonic() >= self._next_prune:
-                self._next_prune = time.monotonic() + _PRUNE_EVERY
-                self._prune()
-            if stopping and not self._queue:
-                break
-        if self._spool is not None:
-            self._spool.close()
-        if self._store is not None:
-            self._store.dispose()
-        self._resolve_flushes(everything=True)
+        try:
+            while True:
+                self._wake.wait(self.config.flush_interval)
+                self._wake.clear()
+                stopping = self._stopping
+                self._cycle()
+                if stopping and not self._queue:
+                    break
+        finally:  # whatever happened, flush() and aclose() must not wait for ever
+            if self._spool is not None:
+                self._spool.close()
+            if self._store is not None:
+                self._store.dispose()
+            self._resolve_flushes(everything=True)
+
+    def _cycle(self) -> None:
+        if not self._up and time.monotonic() >= self._retry_at:
+            self._connect()
+        while self._queue:
+            count = min(len(self._queue), self.config.batch_size)
+            batch = [self._queue.popleft() for _ in range(count)]
+            try:
+                self._write([self._prepared(record) for record in batch])
+            except Exception:  # a bug must not stop the writer: count the batch, go on
+                log.exception("ledger: %d records lost", count)
+                self.metrics.dropped["rejected"] += count
+            self._handled += count
+        self._resolve_flushes()
+        if self._up and self.config.retention_days and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + _PRUNE_EVERY
+            self._prune()
 
     def _write(self, batch: list[CallRecord]) -> None:
         if self._up:
@@ -266,7 +276,12 @@ class Ledger:
                     self._one_by_one(batch, exc)
                     return
                 self._failed(exc)
-        kept = self._spool.append(batch) if self._spool is not None else 0
+        kept = 0
+        if self._spool is not None:
+            try:
+                kept = self._spool.append(batch)
+            except OSError as exc:  # a full disk: what is not kept is counted below
+                log.error("ledger: cannot write the spool %s: %s", self._spool.path, exc)
         self.metrics.spooled += kept
         self.metrics.dropped["spool_full"] += len(batch) - kept
 
@@ -297,11 +312,15 @@ class Ledger:
         if not config.record_prompts:
             prompt = None
         elif config.redact is not None:
+            redacted: object = None  # typed as a hook should return; checked as any may
             try:
-                prompt = config.redact(prompt)
+                redacted = config.redact(prompt)
             except Exception:
                 log.exception("ledger: the redact hook raised; the prompt is not stored")
-                prompt = None
+            if redacted is not None and not isinstance(redacted, str):
+                log.error("ledger: the redact hook returned %s, not a str or None; "
+                          "the prompt is not stored", type(redacted).__name__)  # fmt: skip
+            prompt = redacted if isinstance(redacted, str) else None
         if prompt is not None:
             prompt = prompt[: config.prompt_max_chars]
         return dataclasses.replace(record, prompt=prompt)

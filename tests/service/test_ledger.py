@@ -126,15 +126,25 @@ async def test_prompts_are_kept_only_when_asked_redacted_then_cut(url: str, tmp_
     assert newest.prompt == "my key is [key] and "
 
 
-async def test_a_redact_hook_that_raises_stores_no_prompt(url: str, tmp_path: Path) -> None:
-    def broken(prompt: str) -> str:
-        raise RuntimeError("bug in the hook")
+def raises(prompt: str) -> str:
+    raise RuntimeError("bug in the hook")
 
-    ledger = new_ledger(url, tmp_path, record_prompts=True, redact=broken)
+
+def returns_a_number(prompt: str) -> int:
+    return len(prompt)
+
+
+@pytest.mark.parametrize("hook", [raises, returns_a_number])
+async def test_a_redact_hook_that_fails_stores_no_prompt_and_loses_no_call(
+    url: str, tmp_path: Path, hook: object
+) -> None:
+    ledger = new_ledger(url, tmp_path, record_prompts=True, redact=hook)
     await ledger.start()
     ledger.record(make_record(prompt="secret"))
+    ledger.record(make_record(prompt=None))
     await ledger.aclose()
-    assert [r.prompt for r in rows_in(url)] == [None]
+    assert [r.prompt for r in rows_in(url)] == [None, None]
+    assert ledger.metrics.dropped["rejected"] == 0
 
 
 async def test_text_a_database_cannot_hold_is_stored_cleaned(url: str, tmp_path: Path) -> None:
