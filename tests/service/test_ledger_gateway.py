@@ -244,3 +244,21 @@ async def test_a_call_the_gateway_refused_is_recorded_and_one_without_credential
     )
     assert refused.reason == "gateway:permission_error"
     assert (large.target, large.status, large.reason) == ("llm", 413, "gateway:request_too_large")
+
+
+async def test_a_reload_writes_what_is_queued_and_applies_the_prompt_settings(
+    serve: ServiceFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "config-0.toml"
+    text = CONFIG.format(token=TOKEN, dir=tmp_path).replace(
+        "flush_interval = 0.05", "flush_interval = 60\nretention_days = 30"
+    )
+    service = await serve(text)  # written to config-0.toml, which the reload reads again
+    await chat(service, "llm")
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    assert rows_in(url) == []  # a minute before the writer's next turn
+    path.write_text(text.replace("retention_days = 30", "retention_days = 7"))
+    assert await service.reloader.reload()
+    assert len(rows_in(url)) == 1
+    assert service.ledger is not None
+    assert service.ledger.config.retention_days == 7
