@@ -14,8 +14,20 @@ build on it.
 from __future__ import annotations
 
 from ._connector import MeshConnector
-from ._exceptions import ConfigError, MeshError, MeshNotRunning, MissingAPIKeyID, ProviderNotFound
-from ._exchange import api_key_id_of, record_tokens, source_of
+from ._estimate import Estimate, estimate_tokens
+from ._exceptions import (
+    ConfigError,
+    MeshError,
+    MeshNotRunning,
+    MissingAPIKeyID,
+    ProviderNotFound,
+    StreamBroken,
+)
+from ._exchange import api_key_id_of, record_tokens, report_connect_failure, source_of
+from ._limit_rules import LimitUse, Refusal, Ticket
+from ._limit_store import InProcessStore, LimitCounter, LimitStore
+from ._limiter import Limiter
+from ._limits import CallIdentity, Limit, Price, TokenUsage
 from ._mesh import Mesh
 from ._policy import CircuitBreaker, Fault, Policy, Route
 from ._record import CallRecord, LedgerSink
@@ -25,25 +37,40 @@ from ._synthetic import ERROR_BODY, ErrorBody
 
 __all__ = [
     "ERROR_BODY",
+    "CallIdentity",
     "CallRecord",
     "CircuitBreaker",
     "ConfigError",
     "ErrorBody",
+    "Estimate",
     "Fault",
+    "InProcessStore",
     "LedgerSink",
+    "Limit",
+    "LimitCounter",
+    "LimitStore",
+    "LimitUse",
+    "Limiter",
     "Mesh",
     "MeshConnector",
     "MeshError",
     "MeshNotRunning",
     "MissingAPIKeyID",
     "Policy",
+    "Price",
     "ProviderNotFound",
+    "Refusal",
     "Route",
     "Source",
+    "StreamBroken",
+    "Ticket",
+    "TokenUsage",
     "api_key_id_of",
     "check_api_key_id",
     "check_provider_name",
+    "estimate_tokens",
     "record_tokens",
+    "report_connect_failure",
     "source_of",
     "use_api_key_id",
     "use_client",

@@ -28,6 +28,7 @@ The pinned range in pyproject.toml is the range these are tested against.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
@@ -40,10 +41,13 @@ from aiohttp.web_protocol import ERROR as _UNPARSED
 from aiohttp.web_protocol import RequestHandler
 
 from ._call import Call
+from ._exceptions import StreamBroken
 from ._exchange import EXCHANGE, Exchange
 from ._pipe import PipeEnd
 
 __all__ = ["ConnectorBase", "ResponseHandler", "configures_access_log", "server_protocols"]
+
+log = logging.getLogger("meshbridge")
 
 _ACCESS_LOG_ARGS: Final = frozenset({"access_log", "access_log_class", "access_log_format"})
 
@@ -210,10 +214,15 @@ class _MeshRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         # aiohttp's answer to a handler that raised (500, or 504 for a
         # TimeoutError), and to a request it could not parse (message ERROR).
-        if request._message is not _UNPARSED:
-            exchange = request.get(EXCHANGE)
-            if exchange is not None:
-                exchange.handler_failed()
+        exchange = request.get(EXCHANGE) if request._message is not _UNPARSED else None
+        if exchange is not None:
+            exchange.handler_failed()
+        if isinstance(exc, StreamBroken) and request.writer.output_size > 0:
+            # What aiohttp does for a response that has started (the caller's
+            # read fails), with one line for a traceback.
+            provider = exchange.provider if exchange is not None else "?"
+            log.warning("meshbridge: provider %r ended a stream with an error: %s", provider, exc)
+            raise ConnectionError("the response has started; it ends with an error")
         return super().handle_error(request, status, exc, message)
 
     def finish_response(

@@ -17,9 +17,10 @@ Rules of the call:
 3. It finishes after it ended and once no handler of its attempts is still
    running: a streaming handler reports its usage in a ``finally`` after the
    body reached the caller, or after the caller left. Finishing ends its span,
-   hands its :class:`CallRecord` to the ledger and settles its limits. Only a
-   call somebody watches (tracing, a ledger) counts its handlers; the others
-   finish as they end, and cost nothing more.
+   hands its :class:`CallRecord` to the ledger and settles its limits with
+   what was reported. Only a call somebody watches (tracing, a ledger,
+   limits that admitted it) counts its handlers; the others finish as they
+   end, and cost nothing more.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import logging
 from time import perf_counter, time, time_ns
 from typing import TYPE_CHECKING, Final
 
+from ._limit_rules import Refusal, Ticket
+from ._limiter import Limiter
+from ._limits import TokenUsage
 from ._record import CallRecord, LedgerSink, uuid7
 from ._source import Source
 
@@ -101,12 +105,14 @@ class Call:
         "duration",
         "ended",
         "fallback",
+        "limits",
         "method",
         "outcome",
         "path",
         "peer",
         "provider",
         "reason",
+        "refusal",
         "source",
         "started",
         "status",
@@ -114,6 +120,7 @@ class Call:
         "trace",
         "ttfb",
         "usage",
+        "watched",
     )
 
     def __init__(
@@ -144,16 +151,18 @@ class Call:
         self.duration = 0.0
         self.ended = False
         self.trace: Trace | None = None  # its span, when tracing is on (_otel.py)
+        # Whether its attempts' handlers are counted (Rule 3): a ledger listens,
+        # or (set with its span) it is traced.
+        self.watched = calls.watched
         self.usage: Usage | None = None
+        # Per-caller limits: the limiter and ticket to settle when it finishes,
+        # or the refusal the mesh answers instead of reaching a provider.
+        self.limits: tuple[Limiter, Ticket] | None = None
+        self.refusal: Refusal | None = None
         self._inside = 0  # handlers of its attempts running (Rule 3)
         self._finished = False
         self._ended_ns: int | None = None  # when it ended, if it finishes later
         self.started = perf_counter()
-
-    @property
-    def watched(self) -> bool:
-        """Whether its attempts' handlers are to be counted (Rule 3)."""
-        return self.trace is not None or self._calls.watched
 
     def answered(self) -> None:
         """The caller's response head is decided (the first byte it gets)."""
@@ -173,7 +182,8 @@ class Call:
             key = (self.target, self.source or "none", str(status), outcome)
             counts[key] = counts.get(key, 0) + 1
         if not self._inside:
-            self._finish()
+            if self.watched:
+                self._finish()
         elif self.trace is not None:
             self._ended_ns = time_ns()  # the span ends at the call's end (Rule 3)
 
@@ -233,6 +243,20 @@ class Call:
                 ledger.record(self.record())
             except Exception:  # a ledger must never break the caller's call
                 log.exception("meshbridge: the ledger failed to take a call's record")
+        if self.limits is not None:
+            self._settle(*self.limits)
+
+    def _settle(self, limiter: Limiter, ticket: Ticket) -> None:
+        """Debit what the call used from its limits (its reservation when it
+        reached a provider that reported nothing; nothing when it reached none)."""
+        usage = self.usage
+        if usage is not None:
+            tokens: TokenUsage | None = TokenUsage.from_counts(
+                usage.input, usage.output, usage.cache_read, usage.cache_write
+            )
+            limiter.settle_nowait(ticket, tokens, usage.response_model)
+        else:
+            limiter.settle_nowait(ticket, None if self.attempts else TokenUsage())
 
     def record(self) -> CallRecord:
         """The call as the ledger keeps it."""

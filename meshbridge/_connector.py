@@ -19,16 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientRequest, ClientTimeout
 from aiohttp.connector import Connection
+from aiohttp.payload import BytesPayload
 
 from ._aiohttp import ConnectorBase
 from ._call import Call
+from ._estimate import Estimate
 from ._exceptions import MeshError, MissingAPIKeyID
-from ._exchange import Exchange
-from ._link import Link
-from ._metrics import method_label
+from ._limit_rules import Refusal, Ticket
+from ._limiter import Limiter
+from ._limits import CallIdentity, TokenUsage
+from ._link import Channel, Link
+from ._metrics import MeshMetrics, method_label
 from ._pipe import PipeEnd
 from ._provider import RUNNING, Provider
-from ._relay import Relay, RelayedCall
+from ._relay import Relay
 from ._routing import check_name
 from ._source import (
     Source,
@@ -114,43 +118,75 @@ class MeshConnector(ConnectorBase):
             raise MissingAPIKeyID(provider.name)
         if provider.state != RUNNING:
             await provider.wait_started()
-        wanted: object = None if governed else provider
-        # A pooled connection first, as BaseConnector.connect does; a new one
-        # is made by _create_connection, told how through _opener.
+        origin = current_origin.get()
+        limiter = self._mesh._limiter
+        admitted: Ticket | None = None
+        refusal: Refusal | None = None
+        if limiter is not None:
+            client = origin[0] if origin is not None else None
+            identity = CallIdentity(source, api_key_id, client, first, name)
+            if limiter.applies(identity):
+                admission = await limiter.admit(identity, await _estimate(limiter, req))
+                if isinstance(admission, Refusal):
+                    refusal = admission
+                    governed = True  # the mesh answers it itself, from a relay
+                else:
+                    admitted = admission
+        try:
+            conn, channel = await self._channel(req, traces, timeout, name, provider, governed)
+        except BaseException:
+            if admitted is not None and limiter is not None:
+                limiter.settle_nowait(admitted, TokenUsage())  # it reached no provider
+            raise
+        method = method_label(req.method)
+        tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
+        # The span starts (reading the request's trace headers) before anything
+        # is counted, so nothing a caller sends can leave a count behind.
+        trace = None
+        if tracing is not None:
+            trace = tracing.start(req, name, source, method, relayed=channel.governed)
+        call = Call(self._calls, name, first, source, api_key_id, method, req.url.raw_path, origin)
+        if trace is not None:
+            call.trace = trace
+            call.watched = True
+        if admitted is not None and limiter is not None:
+            call.limits = (limiter, admitted)  # settled when the call finishes
+            call.watched = True  # after its handlers reported their usage
+        elif refusal is not None:
+            call.refusal = refusal
+        channel.begin(call, req)
+        return conn
+
+    async def _channel(
+        self,
+        req: ClientRequest,
+        traces: list[Any],
+        timeout: ClientTimeout,
+        name: str,
+        provider: Provider,
+        governed: bool,
+    ) -> tuple[Connection, Channel]:
+        """A pooled connection for ``name`` first, as ``BaseConnector.connect``
+        does; a new one is made by ``_create_connection``, told how through
+        ``_opener``: a relay for a governed name, else a link to ``provider``."""
+        wanted = None if governed else provider
         conn = await self.pooled(req, traces)
-        link = _link_of(conn) if conn is not None else None
-        while conn is None or link is None or not link.serves(name, wanted):
+        channel = _channel_of(conn) if conn is not None else None
+        while conn is None or channel is None or not channel.serves(name, wanted):
             if conn is not None:
                 conn.close()  # a link to a provider that was replaced: never reuse it
             opener: Opener = (
-                partial(self._mesh._relay, name) if governed else partial(_open_link, provider)
+                partial(self._mesh._relay, name)
+                if governed
+                else partial(_open_link, provider, self._metrics)
             )
             token = _opener.set(opener)
             try:
                 conn = await super().connect(req, traces, timeout)
             finally:
                 _opener.reset(token)
-            link = _link_of(conn)
-        method = method_label(req.method)
-        calls = self._calls
-        origin = current_origin.get()
-        path = req.url.raw_path
-        tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
-        if isinstance(link, Relay):
-            body = req.body  # a Payload, or b"" for none
-            size = None if req.chunked else (body.size if body else 0)
-            call = RelayedCall(calls, name, first, source, api_key_id, method, path, origin, size)
-            if tracing is not None:
-                call.trace = tracing.start(req, name, source, method, relayed=True)
-            link.begin(call)
-            return conn
-        direct = Call(calls, name, name, source, api_key_id, method, path, origin)
-        if tracing is not None:
-            direct.trace = tracing.start(req, name, source, method, relayed=False)
-        metrics = self._metrics
-        series = metrics.series(name, source) if metrics is not None else None
-        link.begin(Exchange(direct, name, series, metrics))
-        return conn
+            channel = _channel_of(conn)
+        return conn, channel
 
     def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:
         opener = _opener.get()
@@ -159,12 +195,23 @@ class MeshConnector(ConnectorBase):
         opener(protocol, req.is_ssl())
 
 
-def _link_of(conn: Connection) -> Link | Relay | None:
-    """The link or relay a connection runs on."""
+async def _estimate(limiter: Limiter, req: ClientRequest) -> Estimate:
+    """What a call may use, for its reservation: from its JSON body when the
+    request holds it whole (``json=``, ``data=bytes``), else from its size."""
+    body = req.body  # a Payload, or b"" for none
+    data = await body.as_bytes() if isinstance(body, BytesPayload) else None
+    size = None if req.chunked else (body.size if body else 0)
+    return limiter.estimate(req.method, req.url.raw_path, data, size)
+
+
+def _channel_of(conn: Connection) -> Channel | None:
+    """The channel (a direct link or a relay) a connection runs on."""
     transport = conn.transport
-    link = transport.pipe.owner if isinstance(transport, PipeEnd) else transport
-    return link if isinstance(link, Link | Relay) else None
+    owner = transport.pipe.owner if isinstance(transport, PipeEnd) else None
+    return owner if isinstance(owner, Channel) else None
 
 
-def _open_link(provider: Provider, protocol: asyncio.Protocol, secure: bool) -> Link:
-    return provider.open_link(protocol, secure=secure)
+def _open_link(
+    provider: Provider, metrics: MeshMetrics | None, protocol: asyncio.Protocol, secure: bool
+) -> Link:
+    return provider.open_link(protocol, secure=secure, metrics=metrics)

@@ -20,6 +20,12 @@ has one error type of its own, raised before anything is built::
     ValueError
     └── ConfigError                   a config file or options table has errors,
                                       every one listed with its key path
+
+A provider's handler has one exception of its own to raise::
+
+    Exception
+    └── StreamBroken                  end a response that has started with an
+                                      error on the caller's side (one log line)
 """
 
 from __future__ import annotations
@@ -31,7 +37,14 @@ from typing import NamedTuple
 
 import aiohttp
 
-__all__ = ["ConfigError", "MeshError", "MeshNotRunning", "MissingAPIKeyID", "ProviderNotFound"]
+__all__ = [
+    "ConfigError",
+    "MeshError",
+    "MeshNotRunning",
+    "MissingAPIKeyID",
+    "ProviderNotFound",
+    "StreamBroken",
+]
 
 
 class MeshError(aiohttp.ClientConnectionError):
@@ -110,3 +123,15 @@ class ConfigError(ValueError):
         prefix = f"{self.path}: " if self.path is not None else ""
         return [f"{prefix}{where}: {what}" if where else f"{prefix}{what}"
                 for where, what in self.errors]  # fmt: skip
+
+
+class StreamBroken(Exception):
+    """Raised by a provider's handler whose response has started, to end it
+    with an error on the caller's side: its read fails (never a clean end of
+    stream), as when a proxied upstream's stream breaks midway.
+
+    The mesh logs it as one warning line naming the provider and the message
+    (logger ``meshbridge``), not as a traceback: it is what happened to the
+    stream, not a bug of the handler. Raised before the response started, it
+    is an error like any other (a 500).
+    """

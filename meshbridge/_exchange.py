@@ -30,6 +30,7 @@ __all__ = [
     "Exchange",
     "api_key_id_of",
     "record_tokens",
+    "report_connect_failure",
     "source_of",
 ]
 
@@ -51,6 +52,7 @@ class Exchange:
         "_started",
         "api_key_id",
         "call",
+        "connect_failed",
         "failed",
         "finished",
         "listener",
@@ -79,6 +81,7 @@ class Exchange:
         self.status = 0  # 0 until response headers are sent
         self.response_bytes = 0
         self.failed = False  # the handler raised
+        self.connect_failed = False  # the handler could not reach its upstream
         self.finished = False
         self.outcome: str | None = None
         # What counts the request body's bytes, set when the provider parsed it.
@@ -186,6 +189,22 @@ def api_key_id_of(request: web.BaseRequest) -> str | None:
     """The delegated API key id ``request`` carries, or None (see :func:`source_of`)."""
     exchange = request.get(EXCHANGE)
     return exchange.api_key_id if exchange is not None else None
+
+
+def report_connect_failure(request: web.BaseRequest) -> None:
+    """Say that the provider handling ``request`` could not reach what it
+    serves from: its upstream refused the connection, or DNS, TLS or the
+    connection timed out. Call it before answering (a 502, say).
+
+    Traffic policies then count this attempt as ``"connect-failure"`` (in
+    ``retry_on`` and a breaker's ``on``), as they count an in-process
+    provider that is not running, whatever status the provider answers. Only
+    the handler can say it: no response header can. A request that did not
+    come through a mesh is unchanged.
+    """
+    exchange = request.get(EXCHANGE)
+    if exchange is not None:
+        exchange.connect_failed = True
 
 
 def record_tokens(

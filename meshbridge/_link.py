@@ -1,22 +1,34 @@
-"""A link: one in-memory connection from a caller to one provider.
+"""Channels: what the connector hands a caller as its connection, and the
+direct link, the channel to one provider.
 
-The link owns a pipe whose client end goes to aiohttp's client protocol and
-whose server end goes to the provider's server protocol. Requests on a link
-follow one another (aiohttp's client never pipelines), so the caller's
-connector hands the link the next request's Exchange before it sends a byte,
-and the provider's server takes it when it parses that request.
+Every channel owns a pipe (``_pipe.py``) whose client end goes to aiohttp's
+client protocol, so delivery, flow control and close are the pipe's on every
+path. A :class:`Channel` declares what the connector asks of it, whatever it
+is: whether a pooled one may carry a request for a name, and to begin a
+call. A :class:`Link` is the direct channel: the pipe's server end goes to
+the provider's server protocol. The relay (``_relay.py``) is the other: a
+name governed by policies.
+
+Requests on a channel follow one another (aiohttp's client never
+pipelines), so the connector hands the channel the next call before it sends
+a byte, and on a link the provider's server takes that call's Exchange when
+it parses the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
+from aiohttp import ClientRequest
+
+from ._call import Call
 from ._exchange import ERROR, Exchange
+from ._metrics import MeshMetrics
 from ._pipe import OnClose, Pipe, PipeEnd, PipeStats
 
-__all__ = ["Carrier", "Link", "exchange_for", "open_pipe"]
+__all__ = ["Carrier", "Channel", "Link", "exchange_for", "open_pipe"]
 
 _PEERNAME: Final = ("127.0.0.1", 0)
 
@@ -60,10 +72,31 @@ class Carrier:
         raise NotImplementedError
 
 
-class Link(Carrier):
-    """One connection between a caller and a provider."""
+class Channel:
+    """A caller's connection, as the connector sees it (the one interface
+    every kind of connection offers it)."""
 
-    __slots__ = ("_next", "_open", "pipe", "provider")
+    __slots__ = ()
+
+    governed: ClassVar[bool]  # whether its calls go through traffic policies
+
+    def serves(self, target: str, provider: object | None) -> bool:
+        """Whether this pooled channel may carry a request for ``target``, to
+        be served by ``provider`` (None: a governed name, whichever provider
+        its policies pick)."""
+        raise NotImplementedError
+
+    def begin(self, call: Call, req: ClientRequest) -> None:
+        """The caller is about to send ``req``, the request of ``call``."""
+        raise NotImplementedError
+
+
+class Link(Carrier, Channel):
+    """One direct connection between a caller and a provider."""
+
+    __slots__ = ("_metrics", "_next", "_open", "pipe", "provider")
+
+    governed = False
 
     def __init__(
         self,
@@ -75,20 +108,23 @@ class Link(Carrier):
         loop: asyncio.AbstractEventLoop,
         stats: PipeStats,
         tls: object | None,
+        metrics: MeshMetrics | None,
     ) -> None:
         self.provider = provider
+        self._metrics = metrics
         self._next: Exchange | None = None  # begun by the caller, not yet taken by the server
         self._open: list[Exchange] = []  # begun and not finished
         self.pipe = open_pipe(
             self, name, client, server, loop=loop, stats=stats, tls=tls, on_close=self._closed
         )
 
-    def serves(self, target: str, provider: object) -> bool:
-        """Whether this pooled link may carry a request for ``provider``."""
+    def serves(self, target: str, provider: object | None) -> bool:
         return self.provider is provider
 
-    def begin(self, exchange: Exchange) -> None:
-        """The caller is about to send the request ``exchange`` describes."""
+    def begin(self, call: Call, req: ClientRequest) -> None:
+        metrics = self._metrics
+        series = metrics.series(call.provider, call.source) if metrics is not None else None
+        exchange = Exchange(call, call.provider, series, metrics)
         still_open = self._open
         if len(still_open) == 1 and still_open[0].finished:
             still_open[0] = exchange  # the usual case: the previous request is done

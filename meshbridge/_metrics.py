@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
+from enum import StrEnum
 from typing import Final
 
 from prometheus_client import CollectorRegistry
@@ -34,6 +35,7 @@ __all__ = [
     "BUCKETS",
     "MAX_MODELS",
     "Counts",
+    "Family",
     "MeshMetrics",
     "Series",
     "method_label",
@@ -71,6 +73,19 @@ _HELP: Final = {
     "ttft": "Streams: request received by the provider to the first token sent.",
 }
 
+
+class Family(StrEnum):
+    """The traffic-policy counter families (``meshbridge_<name>_total``)."""
+
+    CALLS = "calls"
+    RETRIES = "retries"
+    FALLBACKS = "fallbacks"
+    REJECTED = "rejected"
+    TIMEOUTS = "timeouts"
+    CIRCUIT_TRANSITIONS = "circuit_transitions"
+    ROUTE_REQUESTS = "route_requests"
+
+
 # The traffic-policy families: (name, help, labels); one Counts each.
 _TRAFFIC: Final = (
     ("calls", "What callers got: one per caller request, by the name they used.",
@@ -81,7 +96,8 @@ _TRAFFIC: Final = (
      ("provider", "fallback", "source")),
     ("rejected", "Requests refused without reaching the provider's handler.",
      ("provider", "source", "reason")),
-    ("timeouts", "Attempts cut by a policy timeout, by kind.", ("provider", "source", "kind")),
+    ("timeouts", "Attempts cut by a policy timeout, by kind (the reason).",
+     ("provider", "source", "kind")),
     ("circuit_transitions", "Circuit breaker state changes.", ("provider", "to")),
     ("route_requests", "Requests of a route, by the provider its split chose.",
      ("route", "provider")),
@@ -208,10 +224,12 @@ class MeshMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._series: dict[tuple[str, str], Series] = {}
         self._models: dict[str, set[str]] = {}  # model labels given out, by provider
-        self.traffic = {name: Counts() for name, _, _ in _TRAFFIC}
+        self.traffic = {Family(name): Counts() for name, _, _ in _TRAFFIC}
         # Circuit states by provider (0 closed, 0.5 half-open, 1 open), read at
         # scrape time from whoever keeps the breakers.
         self.circuit_levels: Callable[[], Mapping[str, float]] = dict
+        # Attempts each governed provider's policy has admitted and not ended.
+        self.admitted: Callable[[], Mapping[str, int]] = dict
         registry.register(self)
 
     def series(self, provider: str, source: str | None) -> Series:
@@ -274,7 +292,7 @@ class MeshMetrics:
     def _traffic_families(self) -> Iterator[Metric]:
         for name, help_text, labels in _TRAFFIC:
             family = CounterMetricFamily(f"meshbridge_{name}", help_text, labels=list(labels))
-            for values, count in list(self.traffic[name].values.items()):
+            for values, count in list(self.traffic[Family(name)].values.items()):
                 family.add_metric(list(values), count)
             yield family
         state = GaugeMetricFamily(
@@ -285,6 +303,15 @@ class MeshMetrics:
         for provider, level in sorted(self.circuit_levels().items()):
             state.add_metric([provider], level)
         yield state
+        admitted = GaugeMetricFamily(
+            "meshbridge_policy_in_flight",
+            "Attempts a provider's policy admitted and that have not ended (what "
+            "max_in_flight counts).",
+            labels=["provider"],
+        )
+        for provider, count in sorted(self.admitted().items()):
+            admitted.add_metric([provider], count)
+        yield admitted
 
     @staticmethod
     def _families() -> tuple[

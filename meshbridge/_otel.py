@@ -14,9 +14,10 @@ Rules of the spans:
    ``_relay.py``). The attempts' handlers are children of the call's span.
 2. The span starts in the caller's task, where the connector hands out the
    connection, so the caller's current span is its parent (or, with none, the
-   ``traceparent`` the request already carries, as a gateway forwards it),
-   and it ends when the Exchange (or the Call) finishes: the body reached the
-   caller, or the request failed or was cancelled.
+   ``traceparent`` the request already carries, as a gateway forwards it;
+   trace headers that cannot be read are ignored), before the request is
+   counted, and it ends when the Exchange (or the Call) finishes: the body
+   reached the caller, or the request failed or was cancelled.
 3. The context crosses the hop twice: ``traceparent`` (and ``baggage``) go
    into the request's headers, for server instrumentation that extracts them
    (``opentelemetry-instrumentation-aiohttp-server``), and the provider's
@@ -32,6 +33,7 @@ Rules of the spans:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Final
@@ -87,7 +89,8 @@ class Tracing:
         its context into ``req``'s headers (Rule 3)."""
         parent = otel_context.get_current()
         if not trace.get_current_span(parent).get_span_context().is_valid:
-            parent = propagate.extract(req.headers, parent)
+            with contextlib.suppress(Exception):  # a header that cannot be read: ignored
+                parent = propagate.extract(req.headers, parent)
         url = req.url
         if url.raw_query_string or url.raw_fragment or url.raw_user:
             url = url.with_query(None).with_fragment(None).with_user(None)  # may hold secrets

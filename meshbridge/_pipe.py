@@ -184,7 +184,18 @@ class PipeEnd(asyncio.Transport):
         chunk = data if type(data) is bytes else bytes(data)
         if not self._queue and peer._reading and not peer._delivering:
             if len(chunk) <= MAX_PIECE:
-                peer._receive(chunk)  # the usual case: one small write, no hop
+                # The usual case: one small write, no hop (peer._receive, inlined).
+                peer._delivering = True
+                try:
+                    peer._protocol.data_received(chunk)
+                except Exception as exc:  # a protocol bug must not unwind into the writer
+                    peer._protocol_failed(exc)
+                finally:
+                    peer._delivering = False
+                # Bytes we queued while the peer was busy (it wrote back to us and
+                # we wrote again from inside its data_received).
+                if self._queued and not self.pipe.closed and peer.is_reading():
+                    self._schedule_flush()
                 return
             view = memoryview(chunk)
             offset = 0
@@ -247,15 +258,18 @@ class PipeEnd(asyncio.Transport):
         try:
             self._protocol.data_received(chunk)
         except Exception as exc:  # a protocol bug must not unwind into the writer
-            self.pipe._loop.call_exception_handler(
-                {"message": "in-memory pipe: data_received failed", "exception": exc}
-            )
-            self.pipe._shutdown(self, reset=True)
+            self._protocol_failed(exc)
         finally:
             self._delivering = False
         # Bytes queued for us while we were busy, or left from a paused spell.
         if self._peer._queue and self._reading and not self.pipe.closed:
             self._peer._schedule_flush()
+
+    def _protocol_failed(self, exc: Exception) -> None:
+        self.pipe._loop.call_exception_handler(
+            {"message": "in-memory pipe: data_received failed", "exception": exc}
+        )
+        self.pipe._shutdown(self, reset=True)
 
     def when_flushed(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once everything written so far reached the peer.

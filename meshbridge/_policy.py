@@ -18,8 +18,10 @@ from types import MappingProxyType
 from typing import Final
 
 from ._names import PROVIDER
+from ._reasons import Reason
 
 __all__ = [
+    "BREAKER_CONDITIONS",
     "BREAKER_ON_DEFAULT",
     "RETRY_CONDITIONS",
     "RETRY_ON_DEFAULT",
@@ -29,9 +31,17 @@ __all__ = [
     "Route",
 ]
 
-RETRY_CONDITIONS: Final[frozenset[str]] = frozenset({"connect-failure", "first-byte-timeout"})
-BREAKER_ON_DEFAULT: Final[frozenset[int | str]] = frozenset({429, 503, 504, 529, "connect-failure"})
-RETRY_ON_DEFAULT: Final[frozenset[int | str]] = BREAKER_ON_DEFAULT | {502, "first-byte-timeout"}
+RETRY_CONDITIONS: Final[frozenset[str]] = frozenset(
+    {str(Reason.CONNECT_FAILURE), str(Reason.FIRST_BYTE_TIMEOUT)}
+)
+# A breaker also knows the call's whole timeout firing before the response head.
+BREAKER_CONDITIONS: Final[frozenset[str]] = RETRY_CONDITIONS | {str(Reason.TIMEOUT)}
+RETRY_ON_DEFAULT: Final[frozenset[int | str]] = (
+    frozenset({429, 502, 503, 504, 529}) | RETRY_CONDITIONS
+)
+# What callers suffer, as Envoy's outlier detection counts it: 5xx, 429 and
+# local failures (connect failures and both timeouts).
+BREAKER_ON_DEFAULT: Final[frozenset[int | str]] = RETRY_ON_DEFAULT | BREAKER_CONDITIONS | {500}
 
 
 def _bad(obj: object, field: str, expected: str, value: object) -> ValueError:
@@ -80,12 +90,13 @@ def _items(obj: object, field: str, expected: str) -> tuple[object, ...]:
     return tuple(value)
 
 
-def _conditions(obj: object, field: str) -> None:
-    expected = "HTTP statuses (100..599) and 'connect-failure' or 'first-byte-timeout'"
+def _conditions(obj: object, field: str, names: frozenset[str] = RETRY_CONDITIONS) -> None:
+    quoted = [f"'{n}'" for n in sorted(names)]
+    expected = f"HTTP statuses (100..599) and {', '.join(quoted[:-1])} or {quoted[-1]}"
     found: set[int | str] = set()
     for item in _items(obj, field, f"a collection of {expected}"):
-        if isinstance(item, str) and item in RETRY_CONDITIONS:
-            found.add(item)
+        if isinstance(item, str) and item in names:
+            found.add(str(item))
         elif isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
             found.add(int(item))
         else:
@@ -108,8 +119,12 @@ class CircuitBreaker:
         failures: failures within ``interval`` that open the circuit (>= 1).
         interval: seconds a failure is remembered while closed (> 0).
         open_for: seconds the circuit stays open before it is half-open (> 0).
+        max_open_for: each reopening from half-open doubles ``open_for``, up to
+            this many seconds (> 0; never less than ``open_for``).
         half_open: probes admitted while half-open, all to succeed to close it (>= 1).
-        on: the outcomes counted as failures (statuses and conditions).
+        on: the outcomes counted as failures (statuses and conditions); the
+            mesh's own timeouts and broken connections count whatever it says,
+            and a probe succeeds only with an answer neither in ``on`` nor a 5xx.
     """
 
     failures: int = 5
@@ -117,13 +132,15 @@ class CircuitBreaker:
     open_for: float = 30.0
     half_open: int = 3
     on: frozenset[int | str] = BREAKER_ON_DEFAULT
+    max_open_for: float = 300.0
 
     def __post_init__(self) -> None:
         _check(self, "failures", 1, integer=True)
         _check(self, "interval", above=True, unit=" of seconds")
         _check(self, "open_for", above=True, unit=" of seconds")
+        _check(self, "max_open_for", above=True, unit=" of seconds")
         _check(self, "half_open", 1, integer=True)
-        _conditions(self, "on")
+        _conditions(self, "on", BREAKER_CONDITIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +184,9 @@ class Policy:
         replay_limit: request bodies larger than this many bytes are never retried.
         fallback: providers tried in order if this one fails before the first byte.
         max_in_flight: requests at once (>= 1); beyond it, an immediate 503.
+        fallback_on_overload: whether a provider of the call's chain (this
+            one, or a fallback) that is at its ``max_in_flight`` passes the
+            call on to the next fallback instead of answering 503.
         circuit_breaker, fault: a :class:`CircuitBreaker`, :class:`Fault` or None.
     """
 
@@ -183,6 +203,7 @@ class Policy:
     max_in_flight: int | None = None
     circuit_breaker: CircuitBreaker | None = None
     fault: Fault | None = None
+    fallback_on_overload: bool = False
 
     def __post_init__(self) -> None:
         for field in ("timeout", "first_byte_timeout", "idle_timeout"):
@@ -203,6 +224,8 @@ class Policy:
             raise _bad(self, "fallback", "each provider once", list(fallback))
         object.__setattr__(self, "fallback", fallback)
         _check(self, "max_in_flight", 1, integer=True, optional=True)
+        if not isinstance(self.fallback_on_overload, bool):
+            raise _bad(self, "fallback_on_overload", "True or False", self.fallback_on_overload)
         for field, kind in (("circuit_breaker", CircuitBreaker), ("fault", Fault)):
             value = getattr(self, field)
             if value is not None and not isinstance(value, kind):

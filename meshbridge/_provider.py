@@ -19,6 +19,7 @@ from aiohttp import web
 from ._aiohttp import configures_access_log, server_protocols
 from ._exceptions import MeshError
 from ._link import Carrier, Link, exchange_for, open_pipe
+from ._metrics import MeshMetrics
 from ._pipe import OnClose, Pipe, PipeStats
 
 __all__ = ["Provider"]
@@ -127,11 +128,15 @@ class Provider:
             raise MeshError(f"provider {self.name!r} failed to start: {exc!r}") from exc
         raise MeshError(f"provider {self.name!r} is {self.state}")
 
-    def open_link(self, client: asyncio.Protocol, *, secure: bool) -> Link:
+    def open_link(
+        self, client: asyncio.Protocol, *, secure: bool, metrics: MeshMetrics | None
+    ) -> Link:
         """Connect a client protocol to a new server protocol of this app."""
         server, tls = self.server_protocol(secure=secure)
         loop = asyncio.get_running_loop()
-        return Link(self, self.name, client, server, loop=loop, stats=self._stats, tls=tls)
+        return Link(
+            self, self.name, client, server, loop=loop, stats=self._stats, tls=tls, metrics=metrics
+        )
 
     def open_pipe(
         self, owner: Carrier, client: asyncio.Protocol, on_close: OnClose, *, secure: bool

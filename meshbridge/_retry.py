@@ -40,7 +40,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-__all__ = ["RetryBudget", "backoff", "parse_retry_after"]
+__all__ = ["RetryBudget", "backoff", "jittered", "parse_retry_after"]
 
 _EPSILON: Final = 1e-9  # so that ratio * requests == 3.0000000000000004 still grants 3
 _DELTA_SECONDS: Final = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
@@ -86,6 +86,12 @@ class RetryBudget:
         # The newest bucket's times [from, until) and index, for request()'s
         # common case; empty until the first call.
         self._from, self._until, self._slot = math.inf, -math.inf, 0
+
+    def retune(self, ratio: float, floor: float) -> None:
+        """Take a new ratio and floor, keeping the window's counts (a policy
+        change must not hand a provider a fresh budget)."""
+        self._ratio = _check("ratio", ratio)
+        self._floor = _check("floor", floor)
 
     def request(self, now: float) -> None:
         """Count one caller request at monotonic time ``now`` (Rule 1)."""
@@ -157,6 +163,13 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     # 2.0**1024 overflows; any sane base reaches any sane cap long before 2**64
     ceiling = cap if attempt >= 64 else min(cap, base * 2.0**attempt)
     return rng.uniform(0.0, ceiling)
+
+
+def jittered(wait: float, rng: random.Random) -> float:
+    """``wait`` (an upstream's ``Retry-After``, in seconds) plus up to 10% of
+    it or 100 ms, whichever is more, so that callers told the same time do
+    not all come back in the same millisecond."""
+    return wait + rng.uniform(0.0, max(0.1 * wait, 0.1))
 
 
 def parse_retry_after(value: str, wall_now: float) -> float | None:

@@ -52,8 +52,12 @@ def synthetic_response(
     message: str,
     retry_after: float | None,
     shape: ErrorBody | None,
+    *,
+    retried: bool = False,
 ) -> bytes:
-    """The whole response, head and body."""
+    """The whole response, head and body. ``retried``: the mesh already
+    retried (or failed over) for this call, so ``x-should-retry: false``
+    tells the official SDKs not to multiply its retries with their own."""
     content_type, body = (shape or problem_body)(status, reason, message)
     lines = [
         f"HTTP/1.1 {status} {_phrase(status)}",
@@ -63,6 +67,8 @@ def synthetic_response(
     ]
     if retry_after is not None:
         lines.append(f"Retry-After: {max(1, math.ceil(retry_after))}")
+    if retried:
+        lines.append("x-should-retry: false")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 

@@ -18,35 +18,50 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 from ._breaker import Breaker
-from ._metrics import MeshMetrics, source_label
+from ._metrics import Family, MeshMetrics, source_label
 from ._policy import Policy, Route
-from ._retry import RetryBudget, backoff
+from ._retry import RetryBudget, backoff, jittered
 from ._source import Source
 from ._split import pick
 
-__all__ = ["Guard", "Traffic"]
+__all__ = ["Guard", "Live", "Traffic"]
 
 OVERLOADED_RETRY_AFTER: Final = 1  # seconds a caller refused for max_in_flight is told to wait
 
 Clock = Callable[[], float]
 
 
+class Live:
+    """One provider's live state under its policies, kept across policy
+    changes: a new policy (a reload, ``set_policy``) takes it over, so the
+    calls already running are counted where the next ones are."""
+
+    __slots__ = ("breaker", "budget", "in_flight")
+
+    def __init__(self) -> None:
+        self.in_flight = 0  # attempts admitted and not ended: what max_in_flight counts
+        self.breaker: Breaker | None = None
+        self.budget: RetryBudget | None = None
+
+
 class Guard:
-    """One provider's policy and what it has seen.
+    """One provider's policy and its live state.
 
     The policy's fields the relay reads on every request are copied flat
-    onto the guard (a changed policy gets a new guard), so that an idle
-    policy costs one attribute read per knob.
+    onto the guard (a changed policy gets a new guard, over the same
+    :class:`Live`), so that an idle policy costs one attribute read per knob.
     """
 
     __slots__ = (
         "breaker",
+        "breaker_on",
         "budget",
         "candidates",
+        "fallback_on_overload",
         "fault",
         "first_byte_timeout",
         "idle_timeout",
-        "in_flight",
+        "live",
         "max_in_flight",
         "name",
         "policy",
@@ -57,26 +72,35 @@ class Guard:
         "timeout",
     )
 
-    def __init__(self, name: str, policy: Policy, metrics: MeshMetrics | None) -> None:
+    def __init__(self, name: str, policy: Policy, live: Live, metrics: MeshMetrics | None) -> None:
         self.name = name
         self.policy = policy
-        self.in_flight = 0  # attempts running on this provider now
-        self.budget = RetryBudget(policy.retry_budget, policy.retry_floor)
-        self.breaker: Breaker | None = None
-        if policy.circuit_breaker is not None:
-            counts = metrics.traffic["circuit_transitions"] if metrics is not None else None
+        self.live = live
+        if live.budget is None:
+            live.budget = RetryBudget(policy.retry_budget, policy.retry_floor)
+        else:  # a policy change keeps the window of requests and retries
+            live.budget.retune(policy.retry_budget, policy.retry_floor)
+        self.budget = live.budget
+        config = policy.circuit_breaker
+        if config is None:
+            live.breaker = None
+        elif live.breaker is None or live.breaker.config != config:
+            counts = metrics.traffic[Family.CIRCUIT_TRANSITIONS] if metrics is not None else None
 
             def transition(to: str) -> None:
                 if counts is not None:
                     counts.inc(name, to)
 
-            self.breaker = Breaker(policy.circuit_breaker, on_transition=transition)
+            live.breaker = Breaker(config, on_transition=transition)
+        self.breaker = live.breaker  # an unchanged breaker keeps its state
+        self.breaker_on = config.on if config is not None else frozenset()
         # Flat copies for the relay's every request (see the docstring).
         self.candidates = (name, *[n for n in policy.fallback if n != name])  # in the order tried
         self.timeout = policy.timeout
         self.first_byte_timeout = policy.first_byte_timeout
         self.idle_timeout = policy.idle_timeout
         self.max_in_flight = policy.max_in_flight
+        self.fallback_on_overload = policy.fallback_on_overload
         self.retries = policy.retries
         self.retry_on = policy.retry_on
         self.replay_limit = policy.replay_limit
@@ -86,7 +110,7 @@ class Guard:
 
     def overloaded(self) -> bool:
         limit = self.max_in_flight
-        return limit is not None and self.in_flight >= limit
+        return limit is not None and self.live.in_flight >= limit
 
 
 class Traffic:
@@ -113,8 +137,12 @@ class Traffic:
         # `guards` is changed in place, never rebound: relays keep a reference).
         self.guards: dict[str, Guard] = {}
         self.route_table: dict[str, Route] = {}
+        # Each provider's live state, kept across its policy changes (a few
+        # numbers per name ever governed).
+        self._live: dict[str, Live] = {}
         if metrics is not None:
             metrics.circuit_levels = self.circuit_levels
+            metrics.admitted = self.admitted
 
     # -- the tables ------------------------------------------------------------
 
@@ -134,12 +162,10 @@ class Traffic:
         old = self.guards.get(name)
         if old is not None and old.policy == policy:
             return
-        guard = Guard(name, policy, self.metrics)
-        if old is not None:
-            guard.in_flight = old.in_flight
-            if old.policy.circuit_breaker == policy.circuit_breaker:
-                guard.breaker = old.breaker
-        self.guards[name] = guard
+        live = self._live.get(name)
+        if live is None:
+            live = self._live[name] = Live()
+        self.guards[name] = Guard(name, policy, live, self.metrics)
 
     def set_route(self, name: str, route: Route | None) -> None:
         if route is None:
@@ -180,16 +206,21 @@ class Traffic:
             key = source
         provider = pick(route, self.rng, key)
         if self.metrics is not None:
-            self.metrics.traffic["route_requests"].inc(target, provider)
+            self.metrics.traffic[Family.ROUTE_REQUESTS].inc(target, provider)
         return provider
 
     def retry_delay(self, guard: Guard, attempt: int, retry_after: float | None) -> float | None:
         """Seconds to wait before retry number ``attempt`` (0 is the first), or
-        None when the upstream's ``Retry-After`` is beyond the backoff cap."""
+        None when the upstream's ``Retry-After`` is beyond the backoff cap (a
+        ``Retry-After`` wait gets a little jitter)."""
         base, cap = guard.policy.retry_backoff
         if retry_after is not None:
-            return retry_after if retry_after <= cap else None
+            return jittered(retry_after, self.rng) if retry_after <= cap else None
         return backoff(attempt, base, cap, self.rng)
+
+    def admitted(self) -> dict[str, int]:
+        """Attempts each governed provider's policy admitted, not yet ended."""
+        return {name: guard.live.in_flight for name, guard in self.guards.items()}
 
     def circuit_levels(self) -> dict[str, float]:
         now = self.clock()
@@ -201,7 +232,7 @@ class Traffic:
 
     # -- what happened -----------------------------------------------------------
 
-    def count(self, family: str, *labels: str | None) -> None:
+    def count(self, family: Family, *labels: str | None) -> None:
         """Count one event; a ``None`` label (an unset Source) is ``none``."""
         if self.metrics is not None:
             counts = self.metrics.traffic[family].values

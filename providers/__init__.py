@@ -28,8 +28,19 @@ serve``); see ``_signing.py`` for its format and rules.
 
 from __future__ import annotations
 
+# The folder is importable only as meshbridge.providers (the link
+# meshbridge/providers): imported as a top-level `providers` (from the
+# repository root) it would be a second copy of every module, whose Kind is not
+# meshbridge.providers.Kind and whose registry finds no kind.
+if __name__ != "meshbridge.providers":
+    raise ImportError(
+        f"the provider kinds are the package meshbridge.providers, not {__name__!r}: "
+        "use `import meshbridge.providers` (or `from meshbridge.providers import ...`)",
+        name=__name__,
+    )
+
 from ._kind import Kind, Plan, ProviderContext
-from ._options import OptionReader
+from ._options import KeyRead, OptionReader
 from ._registry import kinds
 from ._signing import (
     MAX_SKEW,
@@ -51,6 +62,7 @@ __all__ = [
     "MIN_SECRET",
     "PEER_HEADER",
     "REASONS",
+    "KeyRead",
     "Kind",
     "ModelLabels",
     "NonceCache",

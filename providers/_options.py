@@ -20,13 +20,14 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from yarl import URL
 
 from meshbridge import ConfigError
 
-__all__ = ["MAX_INTEGER", "MAX_NUMBER", "OptionReader", "Problems"]
+__all__ = ["MAX_INTEGER", "MAX_NUMBER", "KeyRead", "OptionReader", "Problems"]
 
 MAX_INTEGER: Final = 2**31 - 1  # the default upper bound of OptionReader.integer
 MAX_NUMBER: Final = 1e9  # the default upper bound of OptionReader.number
@@ -34,6 +35,24 @@ MAX_NUMBER: Final = 1e9  # the default upper bound of OptionReader.number
 # Every problem found so far, as (key path, what is wrong): the pairs a
 # ConfigError lists. Readers of one file share one list.
 Problems = list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRead:
+    """One key a parser asked an :class:`OptionReader` for, whether or not the
+    table had it: the config reference (``docs/reference/config.md``) is
+    made from these, so it lists exactly the keys the code reads.
+
+    Attributes:
+        path: the full key path (``providers.local.tokens_per_second``).
+        expects: what the key accepts, as the error messages say it
+            (``a number >= 0``, ``an integer from 1 to 1073741824``).
+        default: the value when the key is absent (None: no default).
+    """
+
+    path: str
+    expects: str
+    default: object = None
 
 
 def _redacted(url: str) -> str:
@@ -69,6 +88,8 @@ class OptionReader:
             must never be built into a provider.
         missing_env: a list shared with other readers: ``(key path, variable)``
             of every unset variable when ``require_env`` is False.
+        reads: a list shared with other readers, to which every read appends
+            a :class:`KeyRead` (the key, what it accepts, its default).
     """
 
     def __init__(
@@ -80,6 +101,7 @@ class OptionReader:
         errors: Problems | None = None,
         require_env: bool = True,
         missing_env: list[tuple[str, str]] | None = None,
+        reads: list[KeyRead] | None = None,
     ) -> None:
         self._raw = raw
         self.path = path
@@ -87,6 +109,7 @@ class OptionReader:
         self.errors: Problems = [] if errors is None else errors
         self.require_env = require_env
         self.missing_env: list[tuple[str, str]] = [] if missing_env is None else missing_env
+        self.reads = reads
         self._read: set[str] = set()
 
     def child(self, raw: Mapping[str, object], path: str) -> OptionReader:
@@ -99,6 +122,7 @@ class OptionReader:
             errors=self.errors,
             require_env=self.require_env,
             missing_env=self.missing_env,
+            reads=self.reads,
         )
 
     def key(self, key: str) -> str:
@@ -109,8 +133,10 @@ class OptionReader:
         """Record a problem with ``key``."""
         self.errors.append((self.key(key), message))
 
-    def _get(self, key: str) -> object:
+    def _get(self, key: str, expects: str, default: object = None) -> object:
         self._read.add(key)
+        if self.reads is not None:
+            self.reads.append(KeyRead(self.key(key), expects, default))
         return self._raw.get(key)
 
     def _wrong(self, key: str, expected: str, value: object) -> None:
@@ -121,7 +147,7 @@ class OptionReader:
 
     def string(self, key: str, default: str) -> str:
         """A string; ``default`` when absent."""
-        value = self._get(key)
+        value = self._get(key, "a string", default)
         if value is None:
             return default
         if not isinstance(value, str):
@@ -130,7 +156,7 @@ class OptionReader:
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key)
+        value = self._get(key, "true or false", default)
         if value is None:
             return default
         if not isinstance(value, bool):
@@ -149,10 +175,10 @@ class OptionReader:
     ) -> float:
         """A finite number >= ``minimum`` (> with ``exclusive``) and <= ``maximum``;
         ints are accepted."""
-        value = self._get(key)
+        bound = f"{'>' if exclusive else '>='} {minimum:g}"
+        value = self._get(key, f"a number {bound} and <= {maximum:g}", default)
         if value is None:
             return default
-        bound = f"{'>' if exclusive else '>='} {minimum:g}"
         if isinstance(value, bool) or not isinstance(value, int | float):
             self._wrong(key, f"a number {bound}", value)
             return default
@@ -168,7 +194,7 @@ class OptionReader:
         self, key: str, default: int, *, minimum: int = 0, maximum: int = MAX_INTEGER
     ) -> int:
         """An integer from ``minimum`` to ``maximum``."""
-        value = self._get(key)
+        value = self._get(key, f"an integer from {minimum} to {maximum}", default)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
@@ -184,7 +210,7 @@ class OptionReader:
 
     def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
         """An array of non-empty strings."""
-        value = self._get(key)
+        value = self._get(key, "an array of non-empty strings", list(default) or None)
         if value is None:
             return default
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -194,7 +220,7 @@ class OptionReader:
 
     def url(self, key: str, *, required: bool) -> URL | None:
         """An absolute ``http``/``https`` URL with a host and no query or fragment."""
-        value = self._get(key)
+        value = self._get(key, "an http:// or https:// URL" + (" (required)" if required else ""))
         if value is None:
             if required:
                 self.error(key, "missing: expected an http:// or https:// URL")
@@ -223,7 +249,8 @@ class OptionReader:
         error: a missing key is found when the config is checked, not by the
         first request.
         """
-        name = self._get(key)
+        expects = "the name of an environment variable"
+        name = self._get(key, expects + (" (required)" if required else ""))
         if name is None:
             if required:
                 self.error(key, "missing: expected the name of an environment variable")
@@ -241,7 +268,7 @@ class OptionReader:
         return name, value
 
     def table(self, key: str) -> Mapping[str, object] | None:
-        value = self._get(key)
+        value = self._get(key, "a table")
         if value is None:
             return None
         if not isinstance(value, Mapping):
@@ -252,7 +279,7 @@ class OptionReader:
     def value(self, key: str) -> object:
         """The raw value of ``key`` (None when absent), for a shape no typed read
         covers (such as an array mixing numbers and strings); marks it read."""
-        return self._get(key)
+        return self._get(key, "see its description")
 
     def check_unknown(self) -> None:
         """Record every key of the table that no read asked for as unknown."""

@@ -5,9 +5,10 @@ Rules of the relay:
 
 1. Headers. Only the headers a dialect names go upstream (plus the SDKs'
    ``x-stainless-*`` telemetry): nothing internal, no cookies, no hop-by-hop
-   headers, no ``X-Forwarded-*``. The caller's own credentials go up when it
-   brought some; otherwise the configured key is injected. Only the answer's
-   content type, request ids, rate-limit and retry headers come back.
+   headers, no ``X-Forwarded-*``, and no ``User-Agent`` but the caller's.
+   The caller's own credentials go up when it brought some; otherwise the
+   configured key is injected. Only the answer's content type, request ids,
+   rate-limit and retry headers come back.
 2. Errors are the provider's shape. Invalid JSON is a 400 answered here; a
    refused or failed connection is a 502; an upstream that does not answer
    within ``timeout`` is a 504. Upstream 4xx/5xx pass through with their body.
@@ -34,7 +35,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from meshbridge import ERROR_BODY
+from meshbridge import ERROR_BODY, StreamBroken, report_connect_failure
 
 from ._calls import last_user_prompt, tool_calls
 from ._kind import ProviderContext
@@ -67,6 +68,9 @@ _RESPONSE_HEADERS: Final = frozenset(
     }
 )
 _RESPONSE_PREFIXES: Final = ("x-ratelimit-", "anthropic-ratelimit-", "openai-processing-")
+# aiohttp's own User-Agent (its version and Python's) never goes upstream: a
+# caller's own goes, or none.
+_NO_AUTO_HEADERS: Final = ("User-Agent",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,10 @@ def parse_proxy_options(reader: OptionReader) -> ProxyOptions:
 def count(value: object) -> int:
     """A token count from an upstream's JSON: a non-negative int, else 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+# The upstream was never reached: traffic policies' "connect-failure".
+CONNECT_FAILURES: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 class Watcher:
@@ -199,7 +207,7 @@ def event_payload(data: bytes) -> JSON:
     return value
 
 
-class UpstreamStreamError(Exception):
+class UpstreamStreamError(StreamBroken):
     """The upstream stream broke after the answer started (the caller's read fails)."""
 
 
@@ -266,13 +274,20 @@ class Proxy:
         try:
             async with asyncio.timeout_at(deadline):
                 upstream = await self._session.request(
-                    request.method, url, data=body or None, headers=headers, allow_redirects=False
+                    request.method,
+                    url,
+                    data=body or None,
+                    headers=headers,
+                    allow_redirects=False,
+                    skip_auto_headers=_NO_AUTO_HEADERS,
                 )
         except TimeoutError:
             return self.error(
                 504, f"upstream {host} did not answer within {self.options.timeout:g}s"
             )
         except aiohttp.ClientError as exc:
+            if isinstance(exc, CONNECT_FAILURES):
+                report_connect_failure(request)  # refused, DNS, TLS, connect timeout
             return self.error(502, f"upstream {host} unreachable: {exc.__class__.__name__}: {exc}")
         try:
             if upstream.status == 200 and upstream.content_type == "text/event-stream":

@@ -143,9 +143,11 @@ def sign_identity(
     Args:
         secret: the shared secret of ``key_id``.
         key_id: the verifier's name for ``secret``.
-        method, target: the request's method and its target as it goes on the
-            wire (``/path?query``, percent-encoded as sent).
-        source, api_key_id: the caller's, or None.
+        method: the request's method.
+        target: the request's target as it goes on the wire (``/path?query``,
+            percent-encoded as sent).
+        source: the caller's Source, or None.
+        api_key_id: the caller's API key id, or None.
         now: the current Unix time.
         nonce: a fresh random value (``secrets.token_urlsafe(16)``).
     """
@@ -207,10 +209,11 @@ def check_identity(
     target: str,
     *,
     now: float,
-    nonces: NonceCache,
+    nonces: NonceCache | None,
 ) -> None:
     """Check a header read by :func:`read_identity` against the request it came
-    with; on success its nonce is remembered in ``nonces``.
+    with; on success its nonce is remembered in ``nonces`` (None: the caller
+    checks the nonce itself, in a store shared by several processes, say).
 
     Raises:
         SignatureError: ``bad-signature``, ``expired``, ``replayed`` or
@@ -221,7 +224,8 @@ def check_identity(
         raise SignatureError("bad-signature", "the signature does not match this request")
     if abs(now - identity.timestamp) > MAX_SKEW:
         raise SignatureError("expired", f"the timestamp is more than {MAX_SKEW:g} s away")
-    nonces.remember(identity.nonce, now)
+    if nonces is not None:
+        nonces.remember(identity.nonce, now)
 
 
 class NonceCache:

@@ -22,7 +22,9 @@ Rules of the remote provider:
    answer within ``timeout`` a 504 (both ``application/problem+json``, with
    ``x-meshbridge-reason``); a body that breaks or goes silent past
    ``read_timeout`` after the answer started fails the caller's read: never
-   a clean end.
+   a clean end. A connection that could not be made (refused, DNS, TLS, or
+   ``connect_timeout``) is reported as a connect failure, which traffic
+   policies count as they count an in-process provider that is not running.
 5. Identity travels only when signed: with ``peer_secret_env``, the caller's
    Source and API key id go in ``X-Meshbridge-Peer`` (see
    :mod:`meshbridge.providers._signing`), which a receiving ``meshbridge
@@ -48,10 +50,11 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from meshbridge import api_key_id_of, source_of
+from meshbridge import StreamBroken, api_key_id_of, report_connect_failure, source_of
 
 from ._kind import Kind, ProviderContext
 from ._options import OptionReader
+from ._proxy import CONNECT_FAILURES
 from ._signing import MIN_SECRET, PEER_HEADER, check_key_id, sign_identity
 
 __all__ = ["KIND", "RemoteOptions", "RemoteStreamError", "create_app", "parse_options"]
@@ -147,7 +150,7 @@ def parse_options(reader: OptionReader) -> RemoteOptions:
     )
 
 
-class RemoteStreamError(Exception):
+class RemoteStreamError(StreamBroken):
     """The upstream's body broke after the answer started (the caller's read fails)."""
 
 
@@ -180,7 +183,7 @@ class _Remote:
     def __init__(self, options: RemoteOptions, context: ProviderContext) -> None:
         self.options = options
         self.provider = context.name
-        self.base = str(options.url)
+        self.base = str(options.url).rstrip("/")  # url ".../billing/" + "/v1/x": one slash
         self.host = options.url.host
         self.secret = options.peer_secret.encode() if options.peer_secret else None
         self._session: aiohttp.ClientSession | None = None
@@ -242,6 +245,8 @@ class _Remote:
             message = f"remote {self.host} did not answer within {self._waited(deadline)}"
             return _problem(504, "timeout", message)
         except aiohttp.ClientError as exc:
+            if isinstance(exc, CONNECT_FAILURES):
+                report_connect_failure(request)  # refused, DNS, TLS, connect timeout
             message = f"remote {self.host} unreachable: {exc.__class__.__name__}: {exc}"
             return _problem(502, "unreachable", message)
         try:

@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import pytest
 from aiohttp import web
 
-from meshbridge import CallRecord, Mesh
+from meshbridge import CallRecord, Mesh, Policy
 
 
 class MeshFactory(Protocol):
@@ -59,3 +60,27 @@ class KeptLedger:
         assert await settle(lambda: len(self.records) >= 1)
         assert len(self.records) == 1, self.records
         return self.records[0]
+
+
+# A policy that never fires: what a caller observes must not change when a
+# provider is governed (the relay) rather than reached on a direct link.
+NEVER_FIRES = Policy(timeout=3600.0)
+
+
+@pytest.fixture(params=["direct", "governed"], name="make_mesh")
+def make_mesh_on_both_paths(request: pytest.FixtureRequest, make_mesh: MeshFactory) -> MeshFactory:
+    """``make_mesh``, once as it is and once with every provider governed by a
+    policy that never fires. A module opts in with ``make_mesh = both_paths``."""
+    if request.param == "direct":
+        return make_mesh
+
+    async def governed(apps: Mapping[str, web.Application], **kwargs: Any) -> Mesh:
+        mesh = await make_mesh(apps, **kwargs)
+        for name in apps:
+            mesh.set_policy(name, NEVER_FIRES)
+        return mesh
+
+    return governed
+
+
+both_paths = make_mesh_on_both_paths

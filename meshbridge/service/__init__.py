@@ -38,6 +38,8 @@ from ._gateway import Gateway
 from ._ledger import Ledger
 from ._ledger_config import LedgerConfig
 from ._ledger_query import LedgerReader, UsageFilter, UsageRow
+from ._limits_config import LimitsConfig, StoreConfig
+from ._redis_store import RedisStore
 from ._reload import Reloader, mesh_from_config
 from ._service import Service, pid_file_for, serve_until_signalled
 
@@ -50,11 +52,14 @@ __all__ = [
     "Ledger",
     "LedgerConfig",
     "LedgerReader",
+    "LimitsConfig",
     "PeerConfig",
     "ProviderConfig",
+    "RedisStore",
     "Reloader",
     "ServerConfig",
     "Service",
+    "StoreConfig",
     "UsageFilter",
     "UsageRow",
     "load_config",

@@ -6,6 +6,7 @@ meshbridge routes CONFIG     print the router table: name, kind, upstream, optio
 meshbridge serve CONFIG      serve the providers over HTTP (SIGHUP reloads;
                              --workers N: N processes on one port)
 meshbridge reload CONFIG     make the running `serve` of CONFIG reload it
+meshbridge limits CONFIG     each limit's use and what remains (--format table|json)
 meshbridge demo              fake providers under a live workload, /metrics on --listen
 meshbridge usage CONFIG      summaries (--group-by) and calls (--calls) from the usage ledger
 meshbridge kinds             list the installed provider kinds
@@ -26,10 +27,12 @@ from meshbridge.providers import kinds
 
 from ._config import Config, load_config, parse_listen
 from ._demo import run_demo
-from ._pidfile import PidFileError, pid_file_for, read_pid_file, signal_serve
+from ._limits_cli import show_limits
+from ._pidfile import PidFileError, pid_file_for, read_pid_file, running_serve, signal_serve
 from ._service import Service, serve_until_signalled
 from ._usage_cli import add_usage_parser, usage
-from ._workers import WorkerSpec, run_worker, supervise
+from ._worker import WorkerSpec, run_worker
+from ._workers import supervise
 
 __all__ = ["main"]
 
@@ -100,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="signal this pid, once /proc shows it is `meshbridge serve` (of CONFIG, if given)",
     )
+    limits = commands.add_parser(
+        "limits", help="each limit's current use and remaining budget (a shared store)"
+    )
+    limits.add_argument("config", type=Path, metavar="CONFIG")
+    limits.add_argument("--format", choices=("table", "json"), default="table")
     demo = commands.add_parser("demo", help="fake providers under a live workload")
     demo.add_argument(
         "--config", type=Path, metavar="FILE", help="a config instead of the built-in one"
@@ -181,12 +189,17 @@ def list_kinds() -> int:
 async def _serve(
     config: Path, listen: tuple[str, int] | None, worker: WorkerSpec | None = None
 ) -> int:
+    if worker is not None and listen is not None:
+        return await run_worker(config, *listen, worker)  # the supervisor's generation
     try:
         loaded = load_config(config)
     except ConfigError as exc:
         return _errors(exc)
-    if worker is not None and listen is not None:
-        return await run_worker(loaded, *listen, worker)
+    other = running_serve(pid_file_for(loaded), loaded.path)
+    if other is not None:
+        log.error("`meshbridge serve %s` already runs (pid %d, pid file %s): not starting "
+                  "another", config, other, pid_file_for(loaded))  # fmt: skip
+        return 1
     host, port = listen if listen else (None, None)
     tried = _address(*listen) if listen else loaded.server.listen  # what the error is about
     try:
@@ -257,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reload(args.config, args.pid)
     if args.command == "kinds":
         return list_kinds()
+    if args.command == "limits":
+        return show_limits(args.config, args.format)
     if args.command == "usage":
         return usage(args)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,10 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 
 from meshbridge import ConfigError, Policy, Route, Source, check_api_key_id, check_provider_name
-from meshbridge.providers import Kind, OptionReader, Plan, ProviderContext, kinds
+from meshbridge.providers import KeyRead, Kind, OptionReader, Plan, ProviderContext, kinds
 
 from ._ledger_config import LedgerConfig, parse_ledger
+from ._limits_config import LimitsConfig, parse_limits
 from ._peer_auth import PeerConfig, parse_peers
 from ._policies import check_names, parse_policy, parse_route
 from ._toml import MAX_DEPTH, read_toml, too_deep
@@ -99,6 +101,7 @@ class ServerConfig:
     peers: tuple[PeerConfig, ...] = ()  # other meshbridges whose signed requests pass the gate
     admin_token: str | None = field(default=None, repr=False)  # admin_token_env's value
     admin_api_public: bool = False  # the admin API on `listen` too, not only `admin_listen`
+    trust_trace_context: bool = False  # continue outside callers' traceparent and baggage
 
     @property
     def listen(self) -> str:
@@ -133,6 +136,7 @@ class Config:
     providers: Mapping[str, ProviderConfig]
     missing_env: tuple[tuple[str, str], ...] = ()
     routes: Mapping[str, Route] = field(default_factory=dict)  # [routes.NAME]
+    limits: LimitsConfig = field(default_factory=LimitsConfig)  # [limits.*], [prices.*], [store]
     ledger: LedgerConfig = field(default_factory=LedgerConfig)  # [ledger]
 
     @property
@@ -185,6 +189,9 @@ def _server(
             client.error("token", "expected exactly one of token or token_env")
         elif token and len(token) < _MIN_TOKEN_LEN:
             client.error("token", f"expected a token of at least {_MIN_TOKEN_LEN} characters")
+        elif token != token.strip():  # a caller's token is read stripped: it could never match
+            where_token = "token_env" if from_env else "token"
+            client.error(where_token, "expected a token without leading or trailing whitespace")
         elif token in tokens:
             client.error("token", f"the same token as server.clients.{tokens[token]}")
         elif token:
@@ -216,6 +223,7 @@ def _server(
         peers=parse_peers(reader, providers, _scope),
         admin_token=_admin_token(reader, tokens),
         admin_api_public=reader.boolean("admin_api_public", False),
+        trust_trace_context=reader.boolean("trust_trace_context", d.trust_trace_context),
     )
     reader.check_unknown()
     return server
@@ -248,10 +256,33 @@ def _admin_listen(reader: OptionReader, public: tuple[str, int] | None) -> tuple
     if address is None:
         expected = "expected HOST:PORT (such as '127.0.0.1:9090')"
         reader.error("admin_listen", f"{expected}, got {value!r}")
-    elif address == public and address[1] != 0:
-        reader.error("admin_listen", f"expected another address than listen, got {value!r}")
+    elif public is not None and _overlap(address, public):
+        reader.error("admin_listen", f"expected another address than listen "
+                     f"({public[0]}:{public[1]}), got {value!r}")  # fmt: skip
         return None
     return address
+
+
+_WILDCARDS: Final = frozenset({"0.0.0.0", "::"})
+
+
+def _overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listen addresses can take the same connections: the same
+    port (not 0) on the same host once resolved ("localhost" and "127.0.0.1"),
+    or on a wildcard address."""
+    if a[1] != b[1] or a[1] == 0:
+        return False
+    if a[0] in _WILDCARDS or b[0] in _WILDCARDS or a[0] == b[0]:
+        return True
+    return bool(_resolved(a[0]) & _resolved(b[0]))
+
+
+def _resolved(host: str) -> set[str]:
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return set()  # a name that does not resolve is the listener's error, at start
+    return {str(info[4][0]) for info in found}
 
 
 def _scope(client: OptionReader, providers: Collection[str] | None) -> frozenset[str] | None:
@@ -312,8 +343,14 @@ def parse_config(
     environ: Mapping[str, str] | None = None,
     *,
     require_env: bool = True,
+    reads: list[KeyRead] | None = None,
 ) -> Config:
-    """Validate a config already read from TOML (see :func:`load_config`)."""
+    """Validate a config already read from TOML (see :func:`load_config`).
+
+    ``reads``, when given, gets a :class:`~meshbridge.providers.KeyRead` for
+    every key the parsers asked for (present or not): the config reference
+    of the documentation is generated from it.
+    """
     environ = os.environ if environ is None else environ
     deep = too_deep(data)
     if deep is not None:
@@ -321,7 +358,7 @@ def parse_config(
     errors: Problems = []
     missing: list[tuple[str, str]] = []
     top = OptionReader(data, "", environ=environ, errors=errors, require_env=require_env,
-                       missing_env=missing)  # fmt: skip
+                       missing_env=missing, reads=reads)  # fmt: skip
     tables_seen = data.get("providers")
     names = list(tables_seen) if isinstance(tables_seen, Mapping) else None
     server = _server(top.child(top.table("server") or {}, "server"), errors, names)
@@ -361,10 +398,14 @@ def parse_config(
     policies = {n: p.policy for n, p in providers.items() if p.policy is not None}
     if tables and len(providers) == len(tables):  # names are only checked against a whole table
         check_names(providers, policies, routes, errors)
+    raw_server = data.get("server")
+    raw_clients = raw_server.get("clients") if isinstance(raw_server, Mapping) else None
+    clients = list(raw_clients) if isinstance(raw_clients, Mapping) else []
+    limits = parse_limits(top, providers=names or (), routes=list(routes), clients=clients)
     top.check_unknown()
     if errors:
         raise ConfigError(errors, path)
-    return Config(Path(path), server, providers, tuple(missing), routes, ledger)
+    return Config(Path(path), server, providers, tuple(missing), routes, limits, ledger)
 
 
 def load_config(
@@ -372,6 +413,7 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     *,
     require_env: bool = True,
+    content: bytes | None = None,
 ) -> Config:
     """Read and validate a TOML config file.
 
@@ -381,10 +423,13 @@ def load_config(
         require_env: False to check a config without its secrets: unset
             variables are listed in :attr:`Config.missing_env` instead of
             being errors, and the config can be checked but not built.
+        content: the file's bytes, read already (the generation the
+            supervisor of ``serve --workers`` hands its workers): ``path``
+            is then only named, never read.
 
     Raises:
         ConfigError: the file cannot be read, is not TOML, or has errors;
             every error found is listed, each with its key path.
     """
-    data = read_toml(path)
+    data = read_toml(path, content)
     return parse_config(data, path, environ, require_env=require_env)

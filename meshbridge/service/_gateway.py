@@ -22,20 +22,26 @@ Rules of the gateway:
    dot-segments and control characters are a 400, never forwarded.
 4. Nothing is read of a body before the gate, the scope, the provider and
    the declared size are checked: ``Expect: 100-continue`` is answered only
-   then, and a refusal to such a request closes the connection unread. The
+   then, and a refusal closes the connection without reading the rest of the
+   body (``_http_guard.py``, rule 3), whether or not it waited for 100. The
    body's gaps are bounded by ``body_timeout`` (408), its size by
    ``max_body_bytes`` (413).
 5. Requests are forwarded through ``mesh.session()`` to
-   ``http://<provider>/...``; responses stream back chunk by chunk, and a
-   provider stream that breaks breaks the caller's stream too.
-6. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
+   ``http://<provider>/...`` with the caller's headers less those above, and
+   nothing of aiohttp's own (no ``User-Agent``, ``Accept``,
+   ``Accept-Encoding`` or ``Content-Type`` the caller did not send);
+   responses stream back chunk by chunk, and a provider stream that breaks
+   breaks the caller's stream too.
+6. Outside callers' trace context (``traceparent``, ``baggage``) is not
+   trusted unless ``trust_trace_context``: see ``_edge_trace.py``.
+7. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
    shutting down) and ``/metrics`` (the mesh registry) need no token. With
    ``admin_listen`` they are served on that listener only (``/healthz`` on
    both), and the admin listener serves nothing else but the admin API
    (``/admin/api/...``, behind its own gate: ``_admin_gate.py``).
-7. One structured access-log line per request (logger ``meshbridge.access``),
+8. One structured access-log line per request (``_access_log.py``),
    also for what never reached a handler (malformed HTTP, head timeouts).
-8. A request the gateway refuses after the gate knew its caller is recorded
+9. A request the gateway refuses after the gate knew its caller is recorded
    in the usage ledger as that caller's call (``_refusals.py``); what the
    mesh was handed, the mesh records.
 
@@ -66,9 +72,10 @@ from meshbridge import (
 )
 from meshbridge.providers import PEER_HEADER
 
-from ._access_log import CLIENT, HANDED, PROVIDER, RESPONSE, SENT, AccessLog
+from ._access_log import CLIENT, HANDED, ON_END, PROVIDER, RESPONSE, SENT, access_log, log_rejected
 from ._admin_gate import AdminGate
 from ._config import ClientConfig, ServerConfig
+from ._edge_trace import TRACE_HEADERS, EdgeTracing, edge_tracing
 from ._http_guard import (
     Limits,
     answer_and_close,
@@ -79,6 +86,7 @@ from ._http_guard import (
 )
 from ._http_guard import json_error as _error
 from ._peer_auth import Caller, PeerGate
+from ._refusals import record_refusals
 from ._reload import Reloader
 from ._usage_api import UsageAPI
 
@@ -108,7 +116,8 @@ _DROP_RESPONSE: Final = frozenset(
     {"connection", "content-length", "keep-alive", "transfer-encoding", "upgrade", "server", "date"}
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-
+# aiohttp's client adds these when absent; the gateway adds nothing of its own (rule 5).
+_NO_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -125,8 +134,10 @@ def _expects_continue(request: web.BaseRequest) -> bool:
 class Gateway:
     """The HTTP face of a mesh: gate, routes, forwarding, access log."""
 
-    def __init__(self, reloader: Reloader) -> None:
+    def __init__(self, reloader: Reloader, *, tracer_provider: object | None = None) -> None:
         self.reloader = reloader
+        self.tracer_provider = tracer_provider  # the mesh's: None for the global one
+        self._edge: EdgeTracing | None = None  # set at start: None when tracing is off
         self.mesh = reloader.mesh
         self.ready = False
         # fixed at start: a separate admin listener needs a restart
@@ -136,8 +147,6 @@ class Gateway:
         self.worker: int | None = None  # its index under `serve --workers`, for /healthz
         self.metrics: Handler | None = None  # /metrics, if not the mesh registry's own
         self.ledger = reloader.ledger
-        self.access = AccessLog(self.ledger)
-        self.rejected = self.access.rejected  # what never reached a handler (_http_guard.py)
         self.admin_gate = AdminGate(
             lambda: self.settings, admin_apart=self.admin_apart, not_found=self._no_route
         )
@@ -145,6 +154,8 @@ class Gateway:
             lambda: self.reloader.config.ledger if self.ledger is not None else None,
             self.admin_gate,
         )
+
+    rejected = staticmethod(log_rejected)  # the listener's access lines (_http_guard.py)
 
     @property
     def settings(self) -> ServerConfig:
@@ -157,11 +168,13 @@ class Gateway:
     def limits(self) -> Limits:
         """The connection limits of the running config (new connections)."""
         s = self.settings
-        return Limits(s.header_timeout, s.idle_timeout, s.max_connections)
+        return Limits(s.header_timeout, s.idle_timeout, s.max_connections, s.max_body_bytes)
 
     def app(self) -> web.Application:
         """The server's ``web.Application`` (public and admin routes)."""
-        app = web.Application(middlewares=[track_requests, self.access.middleware])
+        app = web.Application(middlewares=[track_requests, access_log])
+        if self.ledger is not None:
+            app[ON_END] = [record_refusals(self.ledger)]
         app.on_response_prepare.append(server_header)
         app.cleanup_ctx.append(self._mesh_session)
         routes: list[tuple[str, str, Handler]] = [
@@ -177,6 +190,7 @@ class Gateway:
         return app
 
     async def _mesh_session(self, app: web.Application) -> AsyncIterator[None]:
+        self._edge = edge_tracing(self.tracer_provider)  # as the mesh's, once it started
         timeout = aiohttp.ClientTimeout(total=None)
         async with self.mesh.session(timeout=timeout, auto_decompress=False) as session:
             self._session = session
@@ -228,7 +242,10 @@ class Gateway:
         scheme, _, token = offered_headers[0].partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
-        offered = token.strip().encode()
+        try:
+            offered = token.strip().encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8: no configured token
+            return None
         found = None
         for client in self.settings.clients:
             # every client is compared, so timing does not tell which one matched
@@ -236,10 +253,10 @@ class Gateway:
                 found = client
         return found
 
-    def _caller(self, request: web.BaseRequest) -> Caller | web.Response:
+    async def _caller(self, request: web.BaseRequest) -> Caller | web.Response:
         """Who passes the gate (rule 1), or the refusal."""
         if PEER_HEADER in request.headers:
-            return self.peers.check(request)
+            return await self.peers.check(request)
         client = self.client_for(request)
         if client is None:
             denied = _error(401, "authentication_error", "missing or invalid bearer token")
@@ -262,7 +279,7 @@ class Gateway:
         if len(request.headers.getall("Authorization", [])) > 1:
             message = "more than one Authorization header"
             return await self._refuse(request, _error(400, "invalid_request_error", message))
-        client = self._caller(request)
+        client = await self._caller(request)
         if isinstance(client, web.Response):
             return await self._refuse(request, client)
         request[CLIENT] = client
@@ -289,7 +306,22 @@ class Gateway:
             return self._too_large()
         query = request.rel_url.raw_query_string
         url = URL(f"http://{name}{path}" + (f"?{query}" if query else ""), encoded=True)
+        trusted = self.settings.trust_trace_context
+        if trusted or self._edge is None:
+            return await self._send(request, client, url, body, trusted=trusted)
+        with self._edge.span(request, name) as answered:  # _edge_trace.py, rule 2
+            response = await self._send(request, client, url, body, trusted=False)
+            answered(response.status)
+            return response
+
+    async def _send(
+        self, request: web.Request, client: Caller, url: URL, body: bytes, *, trusted: bool
+    ) -> web.StreamResponse:
+        """Forward the request (gate passed, body read) and relay the answer."""
+        name = request[PROVIDER]
         drop = _DROP_SIGNED if client.signed else _DROP_REQUEST
+        if not trusted:
+            drop = drop | TRACE_HEADERS
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
         assert self._session is not None
         try:
@@ -304,7 +336,11 @@ class Gateway:
                     identity.enter_context(use_api_key_id(client.api_key_id))
                 request[HANDED] = True
                 upstream = await self._session.request(
-                    request.method, url, headers=headers, data=body or None
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body or None,
+                    skip_auto_headers=_NO_AUTO_HEADERS,
                 )
         except MeshError as exc:
             request[HANDED] = False  # refused before the mesh made it a call

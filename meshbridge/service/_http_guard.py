@@ -11,12 +11,20 @@ Rules of the listener:
 2. A kept-alive connection may idle ``idle_timeout`` seconds between requests
    (aiohttp's ``keepalive_timeout``); the gateway bounds the gaps inside a
    request body with ``body_timeout``.
-3. A listener holds at most ``max_connections`` connections: the next one is
+3. A request whose body was not read whole when its answer is ready (a
+   refusal, a route that takes no body) closes its connection after that
+   answer (``Connection: close``). Before it closes, what more of the body
+   comes is read and dropped for at most :data:`LINGER` seconds and
+   ``max_body_bytes`` bytes, so an honest client still uploading reads the
+   answer rather than a reset; aiohttp's own "lingering" read the rest for
+   up to 10 s, however much came. No byte after that body starts a request,
+   so none escapes rule 1.
+4. A listener holds at most ``max_connections`` connections: the next one is
    answered with a fixed 503 and closed at once, before a byte of it is read.
-4. Malformed HTTP gets one log line (no traceback), one access-log line and a
+5. Malformed HTTP gets one log line (no traceback), one access-log line and a
    fixed short 400 that never repeats what the caller sent.
-5. Every response says ``Server: meshbridge``, never a Python or aiohttp version.
-6. A provider path is decoded once, into one canonical provider name, and the
+6. Every response says ``Server: meshbridge``, never a Python or aiohttp version.
+7. A provider path is decoded once, into one canonical provider name, and the
    rest is forwarded exactly as it came (see :func:`provider_path`).
 
 Only public aiohttp names are used: a :class:`web.BaseSite` that makes its own
@@ -26,6 +34,7 @@ protocols, each a :class:`web.RequestHandler` of the runner's ``web.Server``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -54,11 +63,14 @@ SERVER: Final = "meshbridge"  # the whole Server header: no version to fingerpri
 
 # Called for what never reaches a handler: (remote address, status, outcome).
 Rejected = Callable[[str | None, int, str], None]
-Phase = Literal["head", "busy", "idle", "drain"]
+Phase = Literal["head", "busy", "idle", "closing"]
 
 _SEEN: Final = web.RequestKey("meshbridge_seen", bool)  # the app's middlewares ran
 _ENCODED_SEPARATOR: Final = re.compile(r"%2f|%5c|\\", re.IGNORECASE)
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+LINGER: Final = 1.0  # seconds an unread body is still taken (and dropped) after the answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +80,7 @@ class Limits:
     header_timeout: float
     idle_timeout: float
     max_connections: int
+    max_body_bytes: int = 0  # what rule 3 drops at most after an answer
 
 
 def json_error(status: int, type_: str, message: str, **extra: object) -> web.Response:
@@ -132,13 +145,19 @@ def listener_of(request: web.BaseRequest) -> Listener | None:
 
 
 async def answer_and_close(
-    request: web.BaseRequest, response: web.StreamResponse
+    request: web.BaseRequest, response: web.StreamResponse, *, drop: int = 0
 ) -> web.StreamResponse:
     """Send ``response`` and close the connection, reading no more of the
-    request body (which aiohttp would otherwise drain for up to 10 s)."""
+    request body than ``drop`` bytes, within :data:`LINGER` seconds (rule 3;
+    aiohttp would otherwise drain it all for up to 10 s)."""
     response.force_close()
     await response.prepare(request)
     await response.write_eof()
+    content = request.content
+    with contextlib.suppress(TimeoutError, web.RequestPayloadError, ConnectionError):
+        async with asyncio.timeout(LINGER):
+            while drop > 0 and not content.is_eof():
+                drop -= len(await content.readany())
     request.protocol.force_close()
     return response
 
@@ -148,14 +167,19 @@ async def track_requests(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Tell the connection a request head is complete and when its handler
-    is done, so it knows when a head deadline runs."""
+    is done, so it knows when a head deadline runs; an answer given before
+    the body was read whole closes the connection (rule 3)."""
     request[_SEEN] = True
     protocol = request.protocol
     connection = protocol if isinstance(protocol, _Connection) else None
     if connection is not None:
         connection.request_started()
     try:
-        return await handler(request)
+        response = await handler(request)
+        if not request.content.is_eof() and not response.prepared:
+            drop = connection.mb_limits.max_body_bytes if connection is not None else 0
+            return await answer_and_close(request, response, drop=drop)
+        return response
     finally:
         if connection is not None:
             connection.request_finished(body_read=request.content.is_eof())
@@ -269,8 +293,8 @@ class _Connection(web.RequestHandler):
 
     Phases: ``head`` (a head is due: the deadline runs), ``busy`` (a handler
     runs), ``idle`` (kept alive: aiohttp's keep-alive timeout runs; the first
-    byte starts a new head) and ``drain`` (the last body was not read, aiohttp
-    drains it and then closes, so those bytes start no head).
+    byte starts a new head) and ``closing`` (the last body was not read whole:
+    the connection closes once the answer is out, reading nothing more).
     """
 
     __slots__ = ("listener", "mb_admitted", "mb_head_bytes", "mb_limits", "mb_phase", "mb_timer")
@@ -282,6 +306,7 @@ class _Connection(web.RequestHandler):
             loop=asyncio.get_running_loop(),
             keepalive_timeout=limits.idle_timeout,
             access_log_class=_NoAccessLog,
+            lingering_time=0,  # rule 3: an unread body is never drained by aiohttp
         )
         self.listener = listener
         self.mb_limits = limits
@@ -323,7 +348,7 @@ class _Connection(web.RequestHandler):
         self._disarm()
 
     def request_finished(self, *, body_read: bool) -> None:
-        self.mb_phase = "idle" if body_read else "drain"
+        self.mb_phase = "idle" if body_read else "closing"
         self.mb_head_bytes = False
 
     def _arm(self) -> None:

@@ -18,6 +18,9 @@ Rules of the peer gate:
    configured name or ``unknown``; ``reason`` one of ``REASONS``).
 2. Only a valid signature spends a nonce, so a forger cannot use up the
    nonce cache; a full cache refuses with 503, never forgets a live nonce.
+3. Nonces live in a :class:`NonceStore` (``_nonces.py``): this process's by
+   default, the supervisor's under ``serve --workers``, so one signature is
+   accepted once per server, whichever worker it reaches.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from meshbridge import Source
 from meshbridge.providers import (
+    MAX_SKEW,
     MIN_SECRET,
     PEER_HEADER,
     REASONS,
-    NonceCache,
     OptionReader,
     SignatureError,
     check_identity,
@@ -46,6 +49,7 @@ from meshbridge.providers import (
 )
 
 from ._http_guard import json_error
+from ._nonces import LocalNonces, NoncesFull, NonceStore
 
 __all__ = ["Caller", "PeerConfig", "PeerGate", "parse_peers"]
 
@@ -124,7 +128,7 @@ class PeerGate:
         peers: the peers of the running config (read on every request, so a
             reload applies at once).
         clock: the Unix time (``time.time``).
-        nonces: the nonces accepted lately (a new :class:`NonceCache`).
+        nonces: where accepted nonces are remembered (a new :class:`LocalNonces`).
     """
 
     def __init__(
@@ -133,15 +137,15 @@ class PeerGate:
         peers: Callable[[], Sequence[PeerConfig]],
         *,
         clock: Callable[[], float] = time.time,
-        nonces: NonceCache | None = None,
+        nonces: NonceStore | None = None,
     ) -> None:
         self._peers = peers
         self._clock = clock
-        self.nonces = nonces if nonces is not None else NonceCache()
+        self.nonces = nonces if nonces is not None else LocalNonces(clock=clock)
         self.failures: dict[tuple[str, str], int] = {}
         registry.register(self)
 
-    def check(self, request: web.BaseRequest) -> Caller | web.Response:
+    async def check(self, request: web.BaseRequest) -> Caller | web.Response:
         """The peer a signed request comes from, or the refusal to send."""
         name = UNKNOWN
         try:
@@ -155,7 +159,8 @@ class PeerGate:
             peer = found[0]
             name = peer.name
             check_identity(identity, peer.secret.encode(), request.method, request.raw_path,
-                           now=self._clock(), nonces=self.nonces)  # fmt: skip
+                           now=self._clock(), nonces=None)  # fmt: skip
+            await self._spend(identity.key_id, identity.nonce, identity.timestamp + MAX_SKEW)
         except SignatureError as exc:
             key = (name, exc.reason)
             self.failures[key] = self.failures.get(key, 0) + 1
@@ -169,6 +174,19 @@ class PeerGate:
             return denied
         return Caller(f"peer:{peer.name}", identity.source, identity.api_key_id,
                       peer.providers, signed=True)  # fmt: skip
+
+    async def _spend(self, key_id: str, nonce: str, expires: float) -> None:
+        """Rule 2: a good signature spends its nonce, once."""
+        try:
+            first = await self.nonces.first_use(key_id, nonce, expires)
+        except NoncesFull:
+            raise SignatureError(
+                "overloaded", "too many signed requests to remember, retry"
+            ) from None
+        except (OSError, TimeoutError):
+            raise SignatureError("overloaded", "the nonce store cannot be reached, retry") from None
+        if not first:
+            raise SignatureError("replayed", "this signature was used already")
 
     def describe(self) -> list[Metric]:
         return [self._family()]

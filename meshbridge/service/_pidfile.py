@@ -38,6 +38,7 @@ __all__ = [
     "pid_file_for",
     "read_pid_file",
     "remove_pid_file",
+    "running_serve",
     "signal_serve",
     "write_pid_file",
 ]
@@ -157,6 +158,20 @@ def _check_serves(pid: int, config: Path | None) -> None:
         what = f"`meshbridge serve {config}`" if config else "`meshbridge serve`"
         runs = " ".join(args)
         raise PidFileError(f"pid {pid} is not {what}: it runs {runs[:200]!r}")
+
+
+def running_serve(path: Path, config: Path) -> int | None:
+    """The pid the pid file ``path`` holds if that process is another running
+    ``meshbridge serve`` of ``config`` (then a second one must not start: it
+    would overwrite the pid file, and delete it when it stops); else None."""
+    try:
+        pid = read_pid_file(path)
+        if pid == os.getpid():
+            return None
+        _check_serves(pid, config)
+    except PidFileError:
+        return None
+    return pid
 
 
 def signal_serve(pid: int, config: Path | None, signum: int = signal.SIGHUP) -> None:

@@ -29,7 +29,8 @@ from meshbridge.providers import OptionReader
 __all__ = ["check_names", "parse_policy", "parse_route"]
 
 _STICKY: Final = ("api_key_id", "source")
-_CONDITIONS: Final = ("connect-failure", "first-byte-timeout")
+_CONDITIONS: Final = ("connect-failure", "first-byte-timeout")  # of retry_on
+_BREAKER_CONDITIONS: Final = (*_CONDITIONS, "timeout")  # of a circuit breaker's on
 _MAX_SECONDS: Final = 86400.0
 
 
@@ -39,19 +40,22 @@ def _seconds(reader: OptionReader, key: str) -> float | None:
 
 
 def _conditions(
-    reader: OptionReader, key: str, default: frozenset[int | str]
+    reader: OptionReader,
+    key: str,
+    default: frozenset[int | str],
+    names: tuple[str, ...] = _CONDITIONS,
 ) -> frozenset[int | str]:
     value = reader.value(key)
     if value is None:
         return default
-    expected = f"an array of status codes (100 to 599) and of {', '.join(map(repr, _CONDITIONS))}"
+    expected = f"an array of status codes (100 to 599) and of {', '.join(map(repr, names))}"
     if not isinstance(value, list):
         reader.error(key, f"expected {expected}")
         return default
     found: set[int | str] = set()
     for item in value:
         if isinstance(item, bool) or not (
-            (isinstance(item, int) and 100 <= item <= 599) or item in _CONDITIONS
+            (isinstance(item, int) and 100 <= item <= 599) or item in names
         ):
             reader.error(key, f"expected {expected}, got {item!r}")
             return default
@@ -86,8 +90,11 @@ def _breaker(reader: OptionReader) -> CircuitBreaker | None:
         failures=sub.integer("failures", d.failures, minimum=1, maximum=1_000_000),
         interval=sub.number("interval", d.interval, exclusive=True, maximum=_MAX_SECONDS),
         open_for=sub.number("open_for", d.open_for, exclusive=True, maximum=_MAX_SECONDS),
+        max_open_for=sub.number(
+            "max_open_for", d.max_open_for, exclusive=True, maximum=_MAX_SECONDS
+        ),
         half_open=sub.integer("half_open", d.half_open, minimum=1, maximum=10_000),
-        on=_conditions(sub, "on", d.on),
+        on=_conditions(sub, "on", d.on, _BREAKER_CONDITIONS),
     )
     sub.check_unknown()
     return breaker
@@ -125,6 +132,7 @@ def parse_policy(reader: OptionReader) -> Policy | None:
         "replay_limit": reader.integer("replay_limit", d.replay_limit),
         "fallback": reader.strings("fallback"),
         "max_in_flight": max_in_flight or None,
+        "fallback_on_overload": reader.boolean("fallback_on_overload", d.fallback_on_overload),
         "circuit_breaker": _breaker(reader),
         "fault": _fault(reader),
     }

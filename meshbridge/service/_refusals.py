@@ -24,9 +24,11 @@ from aiohttp import web
 
 from meshbridge import CallRecord
 
+from ._access_log import CLIENT, HANDED, PROVIDER, RESPONSE, Ended
+from ._ledger import Ledger
 from ._peer_auth import Caller
 
-__all__ = ["refusal_record", "uuid7"]
+__all__ = ["record_refusals", "refusal_record", "uuid7"]
 
 _PEER_PREFIX = "peer:"
 
@@ -47,6 +49,22 @@ def _error_type(response: web.StreamResponse) -> str:
         return found if isinstance(found, str) else "refused"
     except (AssertionError, ValueError, KeyError, TypeError):
         return "refused"
+
+
+def record_refusals(ledger: Ledger) -> Ended:
+    """The ``ON_END`` callback that records, in ``ledger``, each request the
+    gateway answered itself after its gate knew the caller."""
+
+    def ended(
+        request: web.Request, response: web.StreamResponse | None, outcome: str, seconds: float
+    ) -> None:
+        caller = request.get(CLIENT)
+        if caller is not None and not request.get(HANDED):
+            answered = response or request.get(RESPONSE)
+            provider = request.get(PROVIDER)
+            ledger.record(refusal_record(caller, provider, request, answered, outcome, seconds))
+
+    return ended
 
 
 def refusal_record(

@@ -29,6 +29,7 @@ from meshbridge import ConfigError, Mesh
 
 from ._config import Config, ProviderConfig, load_config
 from ._ledger import Ledger
+from ._limits_config import LimitsConfig
 
 __all__ = ["Reloader", "mesh_from_config"]
 
@@ -83,7 +84,8 @@ class Reloader:
     :attr:`listening_on` is the ``server.listen`` the server was started
     with (None when the address came from elsewhere, such as ``serve
     --listen``); a reload whose ``server.listen`` differs from it logs that
-    a restart is needed to apply it.
+    a restart is needed to apply it. So does one that adds, changes or
+    removes ``server.admin_listen`` (:attr:`admin_on`, as started).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._reloads = _ReloadMetrics(mesh.registry)
         self.listening_on: str | None = config.server.listen
+        self.admin_on: tuple[str, int] | None = config.server.admin
 
     def install(self) -> None:
         """Register the providers of :attr:`config` on the (not yet started) mesh."""
@@ -112,9 +115,13 @@ class Reloader:
             )
         for name, route in self.config.routes.items():
             self.mesh.add_route(name, route.split, sticky=route.sticky)
+        limiter = self.config.limits.limiter()
+        if limiter is not None:
+            self.mesh.set_limiter(limiter)
 
-    async def reload(self) -> bool:
-        """Read the config file again and swap its table in.
+    async def reload(self, content: bytes | None = None) -> bool:
+        """Read the config file again (or take ``content``, its bytes read
+        already) and swap its table in.
 
         Returns:
             True if the new table runs; False if the file had errors or a
@@ -123,7 +130,7 @@ class Reloader:
         async with self._lock:
             path = self.config.path
             try:
-                config = load_config(path, self._environ)
+                config = load_config(path, self._environ, content=content)
             except ConfigError as exc:
                 self._reloads.failure += 1
                 log.error("config reload rejected, the running table is unchanged:\n%s", exc)
@@ -159,6 +166,15 @@ class Reloader:
                     path,
                     self.listening_on,
                 )
+            if config.server.admin != self.admin_on:
+                log.warning(
+                    "server.admin_listen is %s in %s, the admin listener is %s: "
+                    "restart to apply it",
+                    _shown(config.server.admin, "unset"),
+                    path,
+                    _shown(self.admin_on, "not started (admin_listen was unset)"),
+                )
+            await self._reload_limits(config.limits, path)
             self.config, self._apps = config, apps
             if self.ledger is not None:
                 await self._reload_ledger(config)
@@ -173,6 +189,41 @@ class Reloader:
             keys = ", ".join(f"ledger.{key}" for key in restart)
             log.warning("%s changed in %s: restart to apply", keys, config.path)
         await self.ledger.flush()
+
+    async def _reload_limits(self, new: LimitsConfig, path: object) -> None:
+        """Limits and prices change in place: the store and its counters stay
+        (a limit that stays keeps what it counted). The store itself is where
+        the counters are: like the listeners, it changes on a restart."""
+        old = self.config.limits
+        limiter = self.mesh.limiter
+        if new == old:
+            return
+        if limiter is None or not new.limits:
+            self.mesh.set_limiter(new.limiter())  # limits appear, or go
+            if limiter is not None:
+                await limiter.aclose()  # its calls settled in-process; Redis keeps its counts
+            return
+        store, before = new.store, old.store
+        if (store.url, store.prefix, store.timeout, store.lease_seconds) != (
+            before.url,
+            before.prefix,
+            before.timeout,
+            before.lease_seconds,
+        ):
+            log.warning("[store] changed in %s: the limit store changes on a restart", path)
+        limiter.reconfigure(
+            new.limits,
+            new.prices,
+            time_zone=store.time_zone,
+            on_store_failure=store.on_store_failure,
+        )
+
+
+def _shown(address: tuple[str, int] | None, otherwise: str) -> str:
+    if address is None:
+        return otherwise
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def mesh_from_config(

@@ -27,12 +27,13 @@ from types import TracebackType
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from meshbridge import Mesh
+from meshbridge import LimitStore, Mesh
 
 from ._config import Config
 from ._gateway import Gateway
 from ._http_guard import Listener
 from ._ledger import Ledger
+from ._nonces import FirstUse, SharedNonces
 from ._pidfile import PidFileError, pid_file_for, remove_pid_file, write_pid_file
 from ._reload import Reloader
 
@@ -96,8 +97,10 @@ class Service:
 
     Args:
         config: the validated config.
-        host, port: where to listen (the config's ``server.listen`` by default;
-            port 0 picks a free one, see :attr:`url`).
+        host: where to listen (the host of the config's ``server.listen`` by
+            default).
+        port: where to listen (the port of ``server.listen`` by default; 0
+            picks a free one, see :attr:`url`).
         registry: the metrics registry (a new one by default).
 
     With ``[ledger] enabled`` (the default), every call is recorded in the
@@ -105,6 +108,8 @@ class Service:
         reuse_port: listen with ``SO_REUSEPORT`` (a worker of ``serve --workers``).
         admin: where the admin listener listens, instead of ``server.admin_listen``
             (which must be set for there to be one).
+        tracer_provider: an OpenTelemetry ``TracerProvider`` for the mesh and the
+            gateway (by default the global one, if set before the start).
     """
 
     def __init__(
@@ -116,15 +121,30 @@ class Service:
         registry: CollectorRegistry | None = None,
         reuse_port: bool = False,
         admin: tuple[str, int] | None = None,
+        tracer_provider: object | None = None,
     ) -> None:
         registry = registry if registry is not None else CollectorRegistry()
         self.ledger = Ledger(config.ledger, registry=registry) if config.ledger.enabled else None
         self.mesh = Mesh(
-            registry=registry, grace_period=config.server.grace_period, ledger=self.ledger
+            registry=registry,
+            grace_period=config.server.grace_period,
+            tracer_provider=tracer_provider,
+            ledger=self.ledger,
         )
         self.reloader = Reloader(self.mesh, config, ledger=self.ledger)
         self.reloader.install()
-        self.gateway = Gateway(self.reloader)
+        self.gateway = Gateway(self.reloader, tracer_provider=tracer_provider)
+        # With a shared store ([store] url), peer nonces are shared by replicas.
+        self._shared_store: LimitStore | None = None
+        if config.limits.store.shared:
+            from ._redis_store import RedisStore  # redis is an extra: loaded when configured
+
+            limiter = self.mesh.limiter
+            store = limiter.store if limiter is not None else config.limits.store.make()
+            if limiter is None:
+                self._shared_store = store  # the service's own: closed with it
+            if isinstance(store, RedisStore):
+                self.share_nonces(store)
         self._host = host if host is not None else config.server.host
         self._port = port if port is not None else config.server.port
         self._reuse_port = reuse_port
@@ -176,6 +196,12 @@ class Service:
         self._runner = runner
         self.gateway.ready = True
 
+    def share_nonces(self, store: FirstUse) -> None:
+        """Check peer signatures' nonces in ``store`` (a shared one, such as
+        Redis), this server's own store standing in while it does not answer."""
+        gate = self.gateway.peers
+        gate.nonces = SharedNonces(store, gate.nonces)
+
     async def aclose(self) -> None:
         """Stop accepting, let in-flight requests finish for the grace period,
         cancel the rest, and shut the providers down."""
@@ -194,6 +220,8 @@ class Service:
                 await runner.cleanup()
         finally:
             await self.mesh.aclose()
+            if self._shared_store is not None:
+                await self._shared_store.aclose()
 
     async def __aenter__(self) -> Service:
         await self.start()
@@ -209,16 +237,24 @@ class Service:
 
 
 async def serve_until_signalled(
-    service: Service, stopped: asyncio.Event | None = None, *, pid_file: bool = True
+    service: Service,
+    stopped: asyncio.Event | None = None,
+    *,
+    pid_file: bool = True,
+    on_hup: Callable[[], None] | None = None,
 ) -> None:
     """Run a started service until SIGTERM/SIGINT (or ``stopped`` is set);
-    SIGHUP reloads its config. Writes the pid file while it runs, unless
-    ``pid_file`` is false (a worker: the supervisor of the workers writes it)."""
+    SIGHUP reloads its config (or calls ``on_hup``: a worker asks its
+    supervisor). Writes the pid file while it runs, unless ``pid_file`` is
+    false (a worker: the supervisor of the workers writes it)."""
     loop = asyncio.get_running_loop()
     stopped = stopped or asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
 
     def reload() -> None:
+        if on_hup is not None:
+            on_hup()
+            return
         task = loop.create_task(service.reloader.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -233,6 +269,9 @@ async def serve_until_signalled(
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     loop.add_signal_handler(signal.SIGINT, stop, signal.SIGINT)
+    # A worker starts with SIGHUP blocked (_workers.py): one sent meanwhile waited
+    # for this handler, and comes now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
         if path is not None:
             write_pid_file(path)

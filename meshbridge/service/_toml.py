@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from meshbridge import ConfigError
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "read_toml", "too_deep"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "read_bytes", "read_toml", "too_deep"]
 
 MAX_FILE_BYTES: Final = 1024 * 1024
 MAX_DEPTH: Final = 32  # tables and arrays inside each other
@@ -46,12 +46,20 @@ def _nesting_line(text: str) -> int | None:
     return None
 
 
-def _text(path: str | os.PathLike[str]) -> str:
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of ``path``, at most one more than :data:`MAX_FILE_BYTES`.
+
+    Raises:
+        ConfigError: the file cannot be read.
+    """
     try:
         with open(path, "rb") as file:
-            raw = file.read(MAX_FILE_BYTES + 1)  # a device or a pipe may never end
+            return file.read(MAX_FILE_BYTES + 1)  # a device or a pipe may never end
     except OSError as exc:
         raise ConfigError([("", f"cannot read the file: {exc.strerror or exc}")], path) from None
+
+
+def _text(path: str | os.PathLike[str], raw: bytes) -> str:
     if len(raw) > MAX_FILE_BYTES:
         message = f"the file is larger than the limit of {MAX_FILE_BYTES} bytes (1 MiB)"
         raise ConfigError([("", message)], path)
@@ -64,14 +72,14 @@ def _text(path: str | os.PathLike[str]) -> str:
         raise ConfigError([("", message)], path) from None
 
 
-def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The TOML document in ``path``.
+def read_toml(path: str | os.PathLike[str], content: bytes | None = None) -> dict[str, Any]:
+    """The TOML document in ``path`` (or in ``content``, read from it already).
 
     Raises:
         ConfigError: the file cannot be read, is over 1 MiB, is not UTF-8,
             or is not TOML that Python can read.
     """
-    text = _text(path)
+    text = _text(path, read_bytes(path) if content is None else content)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -10,9 +10,12 @@ siblings' registries there, reads its own directly, and merges them:
 
 1. Counters and histograms are summed over the workers, sample by sample
    (same name, same labels), exactly: counts are integers well below 2**53.
-   Their ``_created`` samples are dropped (each worker's start differs).
+   Their ``_created`` samples are dropped (each worker's start differs). A
+   summed sample keeps the latest exemplar any worker has for it (the trace
+   of the latest request in that bucket, as one process would show).
 2. Every other family (gauges such as ``meshbridge_requests_in_flight``,
-   info, summaries) is reported per worker, with a ``worker`` label.
+   info, summaries) is reported per worker, with a ``worker`` label (and its
+   exemplars).
 3. ``meshbridge_workers_up{worker}`` is 1 for each worker whose registry was
    read, 0 for one that did not answer (restarting): while it is 0, the sums
    lack that worker's counts. A restarted worker counts from zero again,
@@ -34,7 +37,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 
 __all__ = ["merge", "metrics_handler", "socket_path", "worker_registry_app"]
 
@@ -53,6 +56,7 @@ def merge(texts: Iterable[tuple[int, str | None]]) -> list[Metric]:
     families: dict[str, Metric] = {}
     # family -> series (labels without "le") -> (sample name, le) -> sum
     sums: dict[str, dict[tuple[tuple[str, str], ...], dict[tuple[str, str], float]]] = {}
+    latest: dict[tuple[str, tuple[tuple[str, str], ...], str, str], Exemplar] = {}
     up = Metric("meshbridge_workers_up", "1 if the worker's metrics were read", "gauge")
     for worker, text in texts:
         up.samples.append(Sample(up.name, {"worker": str(worker)}, 1.0 if text else 0.0))
@@ -64,7 +68,7 @@ def merge(texts: Iterable[tuple[int, str | None]]) -> list[Metric]:
             )
             if family.type not in _SUMMED:
                 out.samples.extend(
-                    Sample(s.name, {**s.labels, "worker": str(worker)}, s.value)
+                    Sample(s.name, {**s.labels, "worker": str(worker)}, s.value, None, s.exemplar)
                     for s in family.samples
                 )
                 continue
@@ -76,12 +80,22 @@ def merge(texts: Iterable[tuple[int, str | None]]) -> list[Metric]:
                 key = (s.name, s.labels.get("le", ""))
                 values = series_of.setdefault(series, {})
                 values[key] = values.get(key, 0.0) + s.value
+                if s.exemplar is not None:
+                    where = (family.name, series, *key)
+                    kept = latest.get(where)
+                    if kept is None or _when(s.exemplar) >= _when(kept):
+                        latest[where] = s.exemplar
     for name, series_of in sums.items():
         for series, values in series_of.items():
             for (sample, le), value in values.items():
                 labels = dict(series) | ({"le": le} if le else {})
-                families[name].samples.append(Sample(sample, labels, value))
+                exemplar = latest.get((name, series, sample, le))
+                families[name].samples.append(Sample(sample, labels, value, None, exemplar))
     return [*families.values(), up]
+
+
+def _when(exemplar: Exemplar) -> float:
+    return float(exemplar.timestamp) if exemplar.timestamp is not None else 0.0
 
 
 class _Families(Collector):

@@ -14,7 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ..helpers import MeshFactory, app_with, other_tasks, settle
+from ..helpers import MeshFactory, app_with, both_paths, other_tasks, settle
+
+# Every test here runs on the direct link and through the relay (a policy that
+# never fires): a policy must not change what the caller observes.
+make_mesh = both_paths
 
 
 class Endless:

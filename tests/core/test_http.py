@@ -15,7 +15,11 @@ from aiohttp import web
 
 from meshbridge import Mesh
 
-from ..helpers import MeshFactory, app_with
+from ..helpers import MeshFactory, app_with, both_paths
+
+# Every test here runs on the direct link and through the relay (a policy that
+# never fires): a policy must not change what the caller observes.
+make_mesh = both_paths
 
 
 async def echo(request: web.Request) -> web.Response:

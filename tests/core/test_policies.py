@@ -182,7 +182,7 @@ async def test_an_open_circuit_answers_503_without_calling_the_provider(
     for state in ("open", "half_open", "closed"):
         assert sample(mesh, "meshbridge_circuit_transitions_total", provider="llm", to=state) == 1
     assert sample(mesh, "meshbridge_rejected_total", provider="llm", source="none",
-                  reason="circuit_open") == 1  # fmt: skip
+                  reason="circuit-open") == 1  # fmt: skip
 
 
 async def test_beyond_max_in_flight_the_caller_gets_503_at_once(make_mesh: MeshFactory) -> None:
@@ -223,7 +223,7 @@ async def test_no_first_byte_in_time_is_a_504_and_the_handler_is_cancelled(
         assert r.headers["x-meshbridge-reason"] == "timeout"
     assert await settle(lambda: app[CANCELLED] == ["/"])
     assert sample(mesh, "meshbridge_timeouts_total", provider="llm", source="batch",
-                  kind="first_byte") == 1  # fmt: skip
+                  kind="first-byte-timeout") == 1  # fmt: skip
 
 
 async def stalls_after_one_chunk(request: web.Request) -> web.StreamResponse:
@@ -236,7 +236,7 @@ async def stalls_after_one_chunk(request: web.Request) -> web.StreamResponse:
 
 @pytest.mark.parametrize(
     ("policy", "kind"),
-    [(Policy(idle_timeout=0.05), "idle"), (Policy(timeout=0.1), "total")],
+    [(Policy(idle_timeout=0.05), "idle-timeout"), (Policy(timeout=0.1), "timeout")],
 )
 async def test_a_stalled_stream_is_cut_with_an_error_and_its_handler_cancelled(
     make_mesh: MeshFactory, policy: Policy, kind: str

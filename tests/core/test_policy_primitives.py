@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from meshbridge._breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from meshbridge._breaker import CLOSED, HALF_OPEN, OPEN, Breaker, Ticket
 from meshbridge._policy import (
     BREAKER_ON_DEFAULT,
     RETRY_CONDITIONS,
@@ -38,12 +38,12 @@ def breaker() -> tuple[Breaker, list[str]]:
     return Breaker(CONFIG, on_transition=transitions.append), transitions
 
 
-def fail(b: Breaker, now: float) -> int:
-    """Admit a request at ``now`` and record it failed; return its generation."""
-    generation = b.admit(now)
-    assert generation is not None
-    b.record(now, generation, failed=True)
-    return generation
+def fail(b: Breaker, now: float) -> Ticket:
+    """Admit a request at ``now`` and record it failed; return its ticket."""
+    ticket = b.allow(now)
+    assert ticket is not None
+    ticket.done(now, failed=True)
+    return ticket
 
 
 def tripped_at(now: float) -> tuple[Breaker, list[str]]:
@@ -65,7 +65,7 @@ def test_a_closed_breaker_admits_everything_and_opens_after_failures_within_the_
     assert transitions == []
     fail(b, 9.9)
     assert b.state(9.9) == OPEN
-    assert b.admit(9.9) is None
+    assert b.allow(9.9) is None
     assert b.level(9.9) == 1.0
     assert transitions == [OPEN]
 
@@ -85,9 +85,9 @@ def test_successes_do_not_cancel_failures() -> None:
     for now in (1.0, 2.0):
         fail(b, now)
         for _ in range(50):
-            generation = b.admit(now)
-            assert generation is not None
-            b.record(now, generation, failed=False)
+            ticket = b.allow(now)
+            assert ticket is not None
+            ticket.done(now, failed=False)
     assert b.state(2.0) == CLOSED
     fail(b, 3.0)
     assert b.state(3.0) == OPEN
@@ -98,7 +98,7 @@ def test_an_open_breaker_refuses_and_counts_down_to_half_open() -> None:
     assert b.retry_after(10.0) == 30.0
     assert b.retry_after(25.0) == 15.0
     assert b.retry_after(39.5) == 0.5
-    assert b.admit(39.5) is None
+    assert b.allow(39.5) is None
     assert b.state(39.999) == OPEN
     assert b.state(40.0) == HALF_OPEN
     assert b.retry_after(40.0) == 0.0
@@ -108,87 +108,126 @@ def test_an_open_breaker_refuses_and_counts_down_to_half_open() -> None:
 
 def test_half_open_admits_exactly_half_open_probes_and_their_successes_close_it() -> None:
     b, transitions = tripped_at(0.0)
-    probes = [b.admit(30.0), b.admit(30.0)]
-    assert None not in probes
-    assert b.admit(30.0) is None
-    b.record(31.0, probes[0], failed=False)  # type: ignore[arg-type]
+    probes = [b.allow(30.0), b.allow(30.0)]
+    assert probes[0] is not None
+    assert probes[1] is not None
+    assert b.allow(30.0) is None
+    probes[0].done(31.0, failed=False)
     assert b.state(31.0) == HALF_OPEN
-    assert b.admit(31.0) is None  # a probe that answered does not free a place
-    b.record(32.0, probes[1], failed=False)  # type: ignore[arg-type]
+    assert b.allow(31.0) is None  # a probe that answered does not free a place
+    probes[1].done(32.0, failed=False)
     assert b.state(32.0) == CLOSED
     assert transitions == [OPEN, HALF_OPEN, CLOSED]
     # closed again with no failures remembered: two more do not open it
     fail(b, 33.0)
     fail(b, 33.0)
     assert b.state(33.0) == CLOSED
-    assert all(b.admit(33.0) is not None for _ in range(100))
+    assert all(b.allow(33.0) is not None for _ in range(100))
 
 
-def test_a_failed_probe_opens_it_again_for_open_for_from_then() -> None:
+def test_a_failed_probe_opens_it_again_for_twice_as_long_from_then() -> None:
     b, transitions = tripped_at(0.0)
-    probe = b.admit(30.0)
+    probe = b.allow(30.0)
     assert probe is not None
-    b.record(41.0, probe, failed=True)
+    probe.done(41.0, failed=True)
     assert b.state(41.0) == OPEN
-    assert b.retry_after(41.0) == 30.0
-    assert b.admit(70.9) is None
-    assert b.state(71.0) == HALF_OPEN
+    assert b.retry_after(41.0) == 60.0
+    assert b.allow(100.9) is None
+    assert b.state(101.0) == HALF_OPEN
     assert transitions == [OPEN, HALF_OPEN, OPEN, HALF_OPEN]
+
+
+def test_a_flapping_provider_stays_open_longer_each_time_up_to_max_open_for() -> None:
+    b = Breaker(CircuitBreaker(failures=1, open_for=10.0, max_open_for=35.0, half_open=1))
+    fail(b, 0.0)
+    now, waits = 0.0, []
+    for _ in range(5):  # every probe fails: 10 s, then 20, 35 (capped), 35, 35
+        waits.append(b.retry_after(now))
+        now += waits[-1]
+        fail(b, now)
+    assert waits == [10.0, 20.0, 35.0, 35.0, 35.0]
+    now += b.retry_after(now)
+    probe = b.allow(now)
+    assert probe is not None
+    probe.done(now, failed=False)  # it recovers: closing forgets the reopenings
+    assert b.state(now) == CLOSED
+    fail(b, now)
+    assert b.retry_after(now) == 10.0
+
+
+def test_max_open_for_never_shortens_open_for() -> None:
+    b = Breaker(CircuitBreaker(failures=1, open_for=600.0))  # max_open_for's default is 300
+    fail(b, 0.0)
+    assert b.retry_after(0.0) == 600.0
+
+
+def test_a_ticket_takes_one_verdict_and_the_closed_one_is_shared() -> None:
+    b, _ = tripped_at(0.0)
+    probe = b.allow(30.0)
+    assert probe is not None
+    probe.done(30.0, failed=False)
+    probe.done(30.0, failed=False)  # spent: the second success does not count
+    assert b.state(30.0) == HALF_OPEN
+    other = b.allow(30.0)
+    assert other is not None
+    other.done(30.0, failed=False)
+    assert b.state(30.0) == CLOSED
+    assert b.allow(31.0) is b.allow(32.0) is b.closed_ticket  # no ticket made per request
 
 
 def test_a_cancelled_probe_gives_its_place_back() -> None:
     b, _ = tripped_at(0.0)
-    first, second = b.admit(30.0), b.admit(30.0)
+    first, second = b.allow(30.0), b.allow(30.0)
     assert first is not None
     assert second is not None
-    assert b.admit(30.0) is None
-    b.cancel(30.5, first)
-    third = b.admit(30.5)
+    assert b.allow(30.0) is None
+    first.cancel(30.5)
+    third = b.allow(30.5)
     assert third is not None
-    assert b.admit(30.5) is None
-    b.record(31.0, second, failed=False)
-    b.record(31.0, third, failed=False)
+    assert b.allow(30.5) is None
+    second.done(31.0, failed=False)
+    third.done(31.0, failed=False)
     assert b.state(31.0) == CLOSED
 
 
 def test_a_late_result_from_before_a_trip_changes_nothing() -> None:
     b, transitions = breaker()
-    slow = b.admit(0.0)  # admitted while closed, answers only much later
+    slow = b.allow(0.0)  # admitted while closed, answers only much later
     assert slow is not None
     for _ in range(3):
         fail(b, 1.0)
-    b.record(5.0, slow, failed=False)  # while open
-    first = b.admit(31.0)
+    slow.done(5.0, failed=False)  # while open
+    first = b.allow(31.0)
     assert first is not None
-    b.record(31.0, slow, failed=True)  # while half-open: does not re-open it
+    slow.done(31.0, failed=True)  # while half-open: does not re-open it
     assert b.state(31.0) == HALF_OPEN
-    b.record(31.0, slow, failed=False)  # nor count as a probe's success
-    b.record(31.0, first, failed=False)
+    slow.done(31.0, failed=False)  # nor count as a probe's success
+    first.done(31.0, failed=False)
     assert b.state(31.0) == HALF_OPEN
-    b.cancel(31.0, slow)  # nor free a probe's place
-    second = b.admit(31.0)
+    slow.cancel(31.0)  # nor free a probe's place
+    second = b.allow(31.0)
     assert second is not None
-    assert b.admit(31.0) is None
-    b.record(32.0, second, failed=False)
+    assert b.allow(31.0) is None
+    second.done(32.0, failed=False)
     assert b.state(32.0) == CLOSED
     for _ in range(5):  # nor count against the next closed period
-        b.record(33.0, slow, failed=True)
-        b.record(33.0, first, failed=True)
+        slow.done(33.0, failed=True)
+        first.done(33.0, failed=True)
     assert b.state(33.0) == CLOSED
     assert transitions == [OPEN, HALF_OPEN, CLOSED]
 
 
 def test_a_probe_from_an_earlier_half_open_period_does_not_count_in_the_next() -> None:
     b, _ = tripped_at(0.0)
-    early, failing = b.admit(30.0), b.admit(30.0)
+    early, failing = b.allow(30.0), b.allow(30.0)
     assert early is not None
     assert failing is not None
-    b.record(31.0, failing, failed=True)  # open again until 61
-    late = b.admit(61.0)
+    failing.done(31.0, failed=True)  # open again, for 60 s, until 91
+    late = b.allow(91.0)
     assert late is not None
-    b.record(62.0, early, failed=False)
-    b.record(62.0, late, failed=False)
-    assert b.state(62.0) == HALF_OPEN  # one success of this period, not two
+    early.done(92.0, failed=False)
+    late.done(92.0, failed=False)
+    assert b.state(92.0) == HALF_OPEN  # one success of this period, not two
 
 
 def test_the_default_breaker_opens_after_five_failures() -> None:
@@ -444,7 +483,9 @@ def test_defaults_are_the_documented_ones() -> None:
     policy = Policy()
     assert policy.retry_on == RETRY_ON_DEFAULT
     assert {429, 502, 503, 504, 529, "connect-failure", "first-byte-timeout"} == RETRY_ON_DEFAULT
-    assert {429, 503, 504, 529, "connect-failure"} == BREAKER_ON_DEFAULT
+    assert {
+        429, 500, 502, 503, 504, 529, "connect-failure", "first-byte-timeout", "timeout"
+    } == BREAKER_ON_DEFAULT  # fmt: skip
     assert {"connect-failure", "first-byte-timeout"} == RETRY_CONDITIONS
     assert (policy.retry_backoff, policy.retry_budget, policy.retry_floor) == ((0.1, 2.0), 0.2, 3.0)
     assert policy.replay_limit == 65536
@@ -452,6 +493,7 @@ def test_defaults_are_the_documented_ones() -> None:
         None, 0, (), None
     )  # fmt: skip
     assert CircuitBreaker().on == BREAKER_ON_DEFAULT
+    assert (CircuitBreaker().max_open_for, Policy().fallback_on_overload) == (300.0, False)
     assert Fault() == Fault(delay=0.0, delay_ratio=0.0, abort=503, abort_ratio=0.0)
 
 
@@ -550,8 +592,12 @@ NAME_RULE = "expected lower-case letters and digits, words joined by single '-'"
         (lambda: CircuitBreaker(half_open=0),
          "CircuitBreaker.half_open: expected an integer >= 1, got 0"),
         (lambda: CircuitBreaker(on=[99]),  # type: ignore[arg-type]
-         "CircuitBreaker.on: expected HTTP statuses (100..599) and 'connect-failure' or "
-         "'first-byte-timeout', got 99"),
+         "CircuitBreaker.on: expected HTTP statuses (100..599) and 'connect-failure', "
+         "'first-byte-timeout' or 'timeout', got 99"),
+        (lambda: CircuitBreaker(max_open_for=0),
+         "CircuitBreaker.max_open_for: expected a number of seconds > 0, got 0"),
+        (lambda: Policy(fallback_on_overload=1),  # type: ignore[arg-type]
+         "Policy.fallback_on_overload: expected True or False, got 1"),
         (lambda: Fault(delay=-1), "Fault.delay: expected a number of seconds >= 0, got -1"),
         (lambda: Fault(delay_ratio=1.5), "Fault.delay_ratio: expected a number in [0, 1], got 1.5"),
         (lambda: Fault(abort=200), "Fault.abort: expected an integer in 400..599, got 200"),

@@ -15,7 +15,11 @@ from aiohttp.test_utils import TestServer
 
 from meshbridge import MeshError, ProviderNotFound
 
-from ..helpers import MeshFactory, app_with
+from ..helpers import MeshFactory, app_with, both_paths
+
+# Every test here runs on the direct link and through the relay (a policy that
+# never fires): a policy must not change what the caller observes.
+make_mesh = both_paths
 
 BIG = 50 * 1024 * 1024
 MiB = 1024 * 1024
@@ -140,3 +144,114 @@ async def test_an_apps_own_access_log_is_honoured(
                     assert await response.text() == "hi"
     assert logged[LINES] == ["GET / 200"]
     assert not [r for r in caplog.records if r.name == "aiohttp.access"]
+
+
+# -- endings a socket shows: the same through a mesh, governed or not ---------------
+
+
+async def short_body(request: web.Request) -> web.StreamResponse:
+    """Promises 100 bytes, sends 10 and hangs up."""
+    response = web.StreamResponse(headers={"Content-Length": "100"})
+    await response.prepare(request)
+    await response.write(b"0123456789")
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def until_close(request: web.Request) -> web.StreamResponse:
+    """An HTTP/1.0 answer: no length, no chunks, the body ends with the connection."""
+    response = web.StreamResponse()
+    response.force_close()
+    await response.prepare(request)
+    for part in (b"first ", b"second ", b"last"):
+        await response.write(part)
+    await response.write_eof()
+    return response
+
+
+async def ws_dropped(request: web.Request) -> web.WebSocketResponse:
+    """A WebSocket whose server goes away without a closing handshake."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_str("bye")
+    assert request.transport is not None
+    request.transport.close()
+    return ws
+
+
+WS_SEEN: web.AppKey[list[str]] = web.AppKey("ws_seen", list)
+
+
+async def ws_echo_until_closed(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        await ws.send_str(f"echo: {message.data}")
+    request.app[WS_SEEN].append(f"closed {ws.close_code}")
+    return ws
+
+
+async def upload_echo(request: web.Request) -> web.Response:
+    return web.Response(body=await request.read())
+
+
+def ending_app() -> web.Application:
+    app = app_with(
+        web.get("/short", short_body),
+        web.get("/until-close", until_close),
+        web.get("/ws-dropped", ws_dropped),
+        web.get("/ws", ws_echo_until_closed),
+        web.post("/upload", upload_echo),
+    )
+    app[WS_SEEN] = []
+    return app
+
+
+async def endings(
+    session: aiohttp.ClientSession, http10: aiohttp.ClientSession, base: str
+) -> dict[str, object]:
+    """What a caller observes of each ending, as plain values to compare
+    (``http10``: a session that speaks HTTP/1.0)."""
+    seen: dict[str, object] = {}
+    async with session.get(f"{base}/short") as r:
+        try:
+            await r.read()
+            seen["short"] = "complete"
+        except aiohttp.ClientPayloadError:
+            seen["short"] = "payload error"
+    async with http10.get(f"{base}/until-close") as r:
+        seen["until-close"] = (r.version, r.headers.get("Content-Length"), await r.read())
+    async with session.ws_connect(f"{base}/ws-dropped") as ws:
+        first = await ws.receive()
+        then = await ws.receive()
+        seen["ws-dropped"] = (first.data, then.type.name)
+    async with session.ws_connect(f"{base}/ws") as ws:
+        await ws.send_str("hi")
+        seen["ws"] = (await ws.receive_str(),)
+    async with session.post(f"{base}/upload", data=b"x" * 1000, expect100=True) as r:
+        seen["100-continue"] = (r.status, len(await r.read()))
+    return seen
+
+
+async def test_every_ending_looks_as_it_does_over_tcp(make_mesh: MeshFactory) -> None:
+    tcp_app, mesh_app = ending_app(), ending_app()
+    old = aiohttp.HttpVersion10
+    async with (
+        TestServer(tcp_app, host="127.0.0.1") as server,
+        aiohttp.ClientSession() as tcp,
+        aiohttp.ClientSession(version=old) as tcp10,
+    ):
+        over_tcp = await endings(tcp, tcp10, str(server.make_url("")).rstrip("/"))
+    mesh = await make_mesh({"ends": mesh_app})
+    async with mesh.session() as session, mesh.session(version=old) as session10:
+        through_mesh = await endings(session, session10, "http://ends")
+    assert through_mesh == over_tcp
+    assert over_tcp["until-close"] == (aiohttp.HttpVersion10, None, b"first second last")
+    # the server saw the client's closing handshake both ways
+    for app in (tcp_app, mesh_app):
+        for _ in range(100):
+            if app[WS_SEEN]:
+                break
+            await asyncio.sleep(0.01)
+    assert mesh_app[WS_SEEN] == tcp_app[WS_SEEN] == ["closed 1000"]

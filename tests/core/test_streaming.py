@@ -8,7 +8,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ..helpers import MeshFactory, app_with
+from ..helpers import MeshFactory, app_with, both_paths
+
+# Every test here runs on the direct link and through the relay (a policy that
+# never fires): a policy must not change what the caller observes.
+make_mesh = both_paths
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024

@@ -176,6 +176,35 @@ async def test_a_request_without_a_callers_span_continues_the_traceparent_it_car
     assert "meshbridge.source" not in (span.attributes or {})
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"baggage": "user=\udcff"}, {"traceparent": "00-\udcff"}, {"tracestate": "\udcff"}],
+    ids=["baggage", "traceparent", "tracestate"],
+)
+async def test_a_trace_header_that_cannot_be_read_is_ignored_and_leaves_no_count_behind(
+    make_mesh: MeshFactory, traced: Traced, headers: dict[str, str]
+) -> None:
+    # "\udcff": a byte that is not UTF-8, as aiohttp's server decodes one from the wire
+    for policy in (None, Policy(retries=1)):  # a direct link, then a relay
+        mesh = await make_mesh(
+            {"app": app_with(handler_tracer(traced))}, tracer_provider=traced.provider
+        )
+        if policy is not None:
+            mesh.set_policy("app", policy)
+        async with (
+            mesh.session() as session,
+            session.get("http://app/work", headers=headers) as response,
+        ):
+            assert response.status == 200
+            await response.read()
+        in_flight = mesh.registry.get_sample_value(
+            "meshbridge_requests_in_flight", {"provider": "app", "source": "none"}
+        )
+        assert in_flight == 0
+    spans = await traced.ended(2)
+    assert all(s.parent is None for s in spans)  # a new trace: nothing was read
+
+
 async def test_a_stream_the_caller_cancels_ends_its_span_with_an_error_status(
     make_mesh: MeshFactory, traced: Traced
 ) -> None:

@@ -13,6 +13,9 @@ from meshbridge.service._demo import builtin_config
 
 from ._stack import REPO, require_tool, run_tool
 
+# One worker runs them all: they share the session's demo and Prometheus.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ops")]
+
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 STACK = REPO / "deploy" / "compose"  # the router tables of the two meshbridge nodes

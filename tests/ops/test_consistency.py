@@ -7,6 +7,8 @@ scrape of the demo, counting the _bucket/_sum/_count/_total series names.
 
 from __future__ import annotations
 
+import pytest
+
 from ._promql import (
     DOCUMENTED_FAMILIES,
     SYNTHETIC_METRICS,
@@ -16,6 +18,9 @@ from ._promql import (
     targets,
 )
 from ._stack import Prometheus
+
+# One worker runs them all: they share the session's demo and Prometheus.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ops")]
 
 
 def queryable(exported: dict[str, set[str]]) -> set[str]:

@@ -44,6 +44,13 @@ ROWS = {
     "Throughput": {"meshbridge_request_bytes_total", "meshbridge_response_bytes_total"},
     "LLM": {"meshbridge_tokens_total", "meshbridge_time_to_first_token_seconds_bucket"},
     "Config reloads": {"meshbridge_config_reloads_total"},
+    "Limits": {
+        "meshbridge_limited_total",
+        "meshbridge_limit_remaining",
+        "meshbridge_limit_allowed",
+        "meshbridge_store_errors_total",
+        "meshbridge_store_up",
+    },
     "Usage ledger": {
         "meshbridge_ledger_written_total",
         "meshbridge_ledger_spooled_total",
@@ -64,10 +71,18 @@ PROVIDER = 'provider=~"$provider"'
 SOURCE = 'source=~"$source"'
 FILTERS = {
     "meshbridge_config_reloads_total": (),
+    # Limits are matched on who calls, each limit across providers; the
+    # remaining budgets and the store belong to no caller.
+    "meshbridge_limited_total": (SOURCE,),
+    "meshbridge_limit_remaining": (),
+    "meshbridge_limit_allowed": (),
+    "meshbridge_store_errors_total": (),
+    "meshbridge_store_up": (),
     **dict.fromkeys(ROWS["Usage ledger"], ()),  # one writer per process: no labels
     "meshbridge_calls_total": ('target=~"$provider"', SOURCE),
     "meshbridge_circuit_state": (PROVIDER,),
     "meshbridge_circuit_transitions_total": (PROVIDER,),
+    "meshbridge_policy_in_flight": (PROVIDER,),
     "meshbridge_route_requests_total": (PROVIDER,),
 }
 

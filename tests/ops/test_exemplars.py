@@ -18,6 +18,9 @@ import pytest
 from ._promql import load_dashboard, panels
 from ._stack import REPO, Demo, Prometheus, http_get, wait_for
 
+# One worker runs them all: they share the session's demo and Prometheus.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ops")]
+
 LATENCY = ("meshbridge_request_duration_seconds", "meshbridge_time_to_first_byte_seconds")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 

@@ -30,6 +30,9 @@ from ._promql import (
 )
 from ._stack import Demo, Prometheus, PromQLError, run_tool, wait_for
 
+# One worker runs them all: they share the session's demo and Prometheus.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ops")]
+
 # How long the workload gets to produce every series the dashboard charts
 # (time to first token, config reloads...). A bound, not an expectation.
 DATA_TIMEOUT = 45
@@ -111,13 +114,16 @@ WORKLOAD = {
     "a circuit closing or half-open": 'sum(meshbridge_circuit_transitions_total{to!="open"}) > 0',
     "callers served by a fallback": 'sum(meshbridge_calls_total{target="primary", code="200"}) > 0',
     "callers' 5xx": 'sum(meshbridge_calls_total{code=~"5.."}) > 0',
-    "rejections, circuit open": 'sum(meshbridge_rejected_total{reason="circuit_open"}) > 0',
+    "rejections, circuit open": 'sum(meshbridge_rejected_total{reason="circuit-open"}) > 0',
     "rejections, overloaded": 'sum(meshbridge_rejected_total{reason="overloaded"}) > 0',
     "rejections, fault": 'sum(meshbridge_rejected_total{reason="fault"}) > 0',
-    "timeouts, first byte": 'sum(meshbridge_timeouts_total{kind="first_byte"}) > 0',
-    "timeouts, idle": 'sum(meshbridge_timeouts_total{kind="idle"}) > 0',
-    "timeouts, total": 'sum(meshbridge_timeouts_total{kind="total"}) > 0',
+    "timeouts, first byte": 'sum(meshbridge_timeouts_total{kind="first-byte-timeout"}) > 0',
+    "timeouts, idle": 'sum(meshbridge_timeouts_total{kind="idle-timeout"}) > 0',
+    "timeouts, total": 'sum(meshbridge_timeouts_total{kind="timeout"}) > 0',
     "a route split": "count(count by (provider) (meshbridge_route_requests_total)) >= 2",
+    "calls rate-limited": 'sum(meshbridge_limited_total{reason="rate-limited"}) > 0',
+    "a budget exhausted": 'sum(meshbridge_limited_total{reason="budget-exhausted"}) > 0',
+    "a budget spent": 'min(meshbridge_limit_remaining{kind="tokens_per_day"}) == 0',
 }
 
 

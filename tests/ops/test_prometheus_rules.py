@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from ._stack import PROMETHEUS_DIR, run_tool
+
+# One worker runs them all: they share the session's demo and Prometheus.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ops")]
 
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULES = PROMETHEUS_DIR / "alerts.yml"
@@ -18,6 +23,8 @@ REQUIRED_ALERTS = {
     "MeshbridgeCircuitOpen",
     "MeshbridgeRetryStorm",
     "MeshbridgeCallerErrors",
+    "MeshbridgeBudgetNearlySpent",
+    "MeshbridgeLimitStoreDown",
 }
 
 

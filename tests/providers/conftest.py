@@ -103,24 +103,32 @@ def _transport(mesh: Mesh, provider: str, source: str) -> AiohttpTransport:
 
 
 class OpenAIFactory(Protocol):
-    def __call__(self, mesh: Mesh, provider: str, *, source: str = ...) -> openai.AsyncOpenAI: ...
+    def __call__(
+        self, mesh: Mesh, provider: str, *, source: str = ..., max_retries: int = ...
+    ) -> openai.AsyncOpenAI: ...
 
 
 class AnthropicFactory(Protocol):
     def __call__(
-        self, mesh: Mesh, provider: str, *, source: str = ...
+        self, mesh: Mesh, provider: str, *, source: str = ..., max_retries: int = ...
     ) -> anthropic.AsyncAnthropic: ...
 
 
 @pytest.fixture
 async def openai_sdk() -> AsyncIterator[OpenAIFactory]:
-    """The official OpenAI SDK, calling a provider through the mesh."""
+    """The official OpenAI SDK, calling a provider through the mesh (no retries
+    of its own unless asked: ``max_retries=openai.DEFAULT_MAX_RETRIES``)."""
     clients: list[openai.AsyncOpenAI] = []
 
-    def make(mesh: Mesh, provider: str, *, source: str = "agents") -> openai.AsyncOpenAI:
+    def make(
+        mesh: Mesh, provider: str, *, source: str = "agents", max_retries: int = 0
+    ) -> openai.AsyncOpenAI:
         http = openai.DefaultAioHttpClient(transport=_transport(mesh, provider, source))
         client = openai.AsyncOpenAI(
-            base_url=f"http://{provider}/v1", api_key="sk-caller", http_client=http, max_retries=0
+            base_url=f"http://{provider}/v1",
+            api_key="sk-caller",
+            http_client=http,
+            max_retries=max_retries,
         )
         clients.append(client)
         return client
@@ -135,10 +143,15 @@ async def anthropic_sdk() -> AsyncIterator[AnthropicFactory]:
     """The official Anthropic SDK, calling a provider through the mesh."""
     clients: list[anthropic.AsyncAnthropic] = []
 
-    def make(mesh: Mesh, provider: str, *, source: str = "agents") -> anthropic.AsyncAnthropic:
+    def make(
+        mesh: Mesh, provider: str, *, source: str = "agents", max_retries: int = 0
+    ) -> anthropic.AsyncAnthropic:
         http = anthropic.DefaultAioHttpClient(transport=_transport(mesh, provider, source))
         client = anthropic.AsyncAnthropic(
-            base_url=f"http://{provider}", api_key="sk-ant-caller", http_client=http, max_retries=0
+            base_url=f"http://{provider}",
+            api_key="sk-ant-caller",
+            http_client=http,
+            max_retries=max_retries,
         )
         clients.append(client)
         return client

@@ -259,7 +259,11 @@ async def test_hanging_upstream_answers_504_after_the_timeout(
     ],
 )
 async def test_a_broken_upstream_stream_ends_the_callers_stream_with_an_error(
-    mesh: Mesh, upstream: Upstream, handler: up.Handler, why: bytes
+    mesh: Mesh,
+    upstream: Upstream,
+    handler: up.Handler,
+    why: bytes,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = await upstream(up.upstream_app(("POST", "/v1/chat/completions", handler)))
     await start(mesh, server)
@@ -277,6 +281,14 @@ async def test_a_broken_upstream_stream_ends_the_callers_stream_with_an_error(
     assert error["code"] == "bad_gateway"
     assert why in error["message"].encode()
     assert await settle(lambda: outcome(mesh, "error") == 1)
+    # the mesh logs one line for the broken stream, not a traceback
+    ours = [r for r in caplog.records if r.name == "meshbridge"]
+    assert [r.levelname for r in ours] == ["WARNING"]
+    assert "provider 'openai' ended a stream with an error" in ours[0].getMessage()
+    assert why.decode() in ours[0].getMessage()
+    assert ours[0].exc_info is None
+    provider_server = [r for r in caplog.records if r.name == "aiohttp.server" and r.exc_info]
+    assert all("upstream died" in str(r.exc_info[1]) for r in provider_server if r.exc_info)
 
 
 async def test_a_silent_upstream_stream_times_out_instead_of_hanging(

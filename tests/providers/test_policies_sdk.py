@@ -84,3 +84,62 @@ async def test_an_open_circuit_is_an_error_each_sdk_parses(
     assert isinstance(body, dict)
     assert body["error"]["type"] == "overloaded_error"
     assert refused_too.value.response.headers["Retry-After"] == "60"
+
+
+def attempts(mesh: Mesh, provider: str) -> float:
+    """Requests ``provider`` served, every attempt counted."""
+    return sum(
+        sample.value
+        for family in mesh.registry.collect()
+        if family.name == "meshbridge_requests"
+        for sample in family.samples
+        if sample.name == "meshbridge_requests_total" and sample.labels["provider"] == provider
+    )
+
+
+async def down(mesh: Mesh, retries: int) -> None:
+    mesh.register(
+        "primary",
+        fake.create_app(DOWN, ProviderContext("primary")),
+        policy=Policy(retries=retries, retry_backoff=FAST),
+    )
+    await mesh.start()
+
+
+async def test_the_openai_sdks_own_retries_do_not_multiply_the_meshs(
+    mesh: Mesh, openai_sdk: OpenAIFactory
+) -> None:
+    await down(mesh, retries=2)
+    client = openai_sdk(mesh, "primary", max_retries=openai.DEFAULT_MAX_RETRIES)  # 2
+    with pytest.raises(openai.APIStatusError) as failed:
+        await client.chat.completions.create(
+            model="fake-small", messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert failed.value.status_code == 529
+    assert failed.value.response.headers["x-should-retry"] == "false"
+    assert attempts(mesh, "primary") == 3  # 1 + the mesh's retries, not 3 x 3
+
+
+async def test_the_anthropic_sdks_own_retries_do_not_multiply_the_meshs(
+    mesh: Mesh, anthropic_sdk: AnthropicFactory
+) -> None:
+    await down(mesh, retries=2)
+    client = anthropic_sdk(mesh, "primary", max_retries=anthropic.DEFAULT_MAX_RETRIES)  # 2
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        await client.messages.create(
+            model="fake-claude", max_tokens=8, messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert failed.value.status_code == 529
+    assert attempts(mesh, "primary") == 3
+
+
+async def test_sdks_still_retry_what_the_mesh_did_not(
+    mesh: Mesh, openai_sdk: OpenAIFactory
+) -> None:
+    await down(mesh, retries=0)  # the mesh leaves retries to the caller
+    client = openai_sdk(mesh, "primary", max_retries=1)
+    with pytest.raises(openai.APIStatusError):
+        await client.chat.completions.create(
+            model="fake-small", messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert attempts(mesh, "primary") == 2

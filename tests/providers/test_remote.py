@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from meshbridge import ConfigError, Mesh, Policy
+from meshbridge import CircuitBreaker, ConfigError, Mesh, Policy
 from meshbridge.providers import (
     PEER_HEADER,
     NonceCache,
@@ -170,6 +171,23 @@ async def test_every_method_and_path_goes_to_the_url_with_its_query(
     assert seen["body"] == (data or b"").decode()
 
 
+@pytest.mark.parametrize("path", ["/billing/", "/billing//", "/"])
+@pytest.mark.parametrize("given", ["config", "options"])
+async def test_a_url_with_a_trailing_slash_sends_one_slash_before_the_path(
+    mesh: Mesh, upstream: Upstream, path: str, given: str
+) -> None:
+    server = await upstream(upstream_app())
+    if given == "config":
+        await start(mesh, server, path=path)
+    else:  # RemoteOptions made in code, not read from a config
+        options = remote_kind.RemoteOptions(URL(str(server.make_url("/")).rstrip("/") + path))
+        mesh.register("billing", remote_kind.create_app(options, context(mesh, "billing")))
+        await mesh.start()
+    async with mesh.session() as s, s.get("http://billing/v1/x?y=1") as r:
+        seen = await r.json()
+    assert seen["target"] == path.rstrip("/") + "/v1/x?y=1"
+
+
 async def test_hop_by_hop_headers_are_dropped_both_ways(mesh: Mesh, upstream: Upstream) -> None:
     await start(mesh, await upstream(upstream_app()))
     sent = {
@@ -289,6 +307,47 @@ async def test_policies_apply_to_a_remote_provider(mesh: Mesh, closed_port: int)
     assert retried == 2
 
 
+CONNECT_ONLY = Policy(
+    retries=1,
+    retry_backoff=(0.001, 0.001),
+    retry_on=frozenset({"connect-failure"}),
+    circuit_breaker=CircuitBreaker(failures=2, on=frozenset({"connect-failure"})),
+)
+
+
+async def connect_failures(mesh: Mesh) -> tuple[float, float]:
+    """Two calls, then the retries counted as connect failures and the circuit state."""
+    async with mesh.session(source="agents") as s:
+        async with s.get("http://billing/v1/x") as r:
+            assert r.status == 502
+        async with s.get("http://billing/v1/x") as r:
+            await r.read()
+    labels = {"provider": "billing", "source": "agents", "reason": "connect-failure"}
+    retries = mesh.registry.get_sample_value("meshbridge_retries_total", labels) or 0.0
+    state = mesh.registry.get_sample_value("meshbridge_circuit_state", {"provider": "billing"})
+    return retries, state or 0.0
+
+
+async def test_a_refused_connection_is_a_connect_failure_that_opens_the_breaker(
+    mesh: Mesh, closed_port: int
+) -> None:
+    await start(mesh, f"http://127.0.0.1:{closed_port}/billing", policy=CONNECT_ONLY)
+    assert await connect_failures(mesh) == (1.0, 1.0)  # retried once, then open
+
+
+async def test_a_name_that_does_not_resolve_is_a_connect_failure(mesh: Mesh) -> None:
+    await start(mesh, "http://billing.nowhere.invalid/billing", policy=CONNECT_ONLY)
+    assert await connect_failures(mesh) == (1.0, 1.0)
+
+
+async def test_a_tls_handshake_that_fails_is_a_connect_failure(
+    mesh: Mesh, aiohttp_server: Any, ca: trustme.CA
+) -> None:
+    server = await tls_upstream(aiohttp_server, ca)  # a certificate we do not trust
+    await start(mesh, server, policy=CONNECT_ONLY)
+    assert await connect_failures(mesh) == (1.0, 1.0)
+
+
 async def test_no_answer_within_timeout_is_a_504(mesh: Mesh, upstream: Upstream) -> None:
     server = await upstream(upstream_app())
     await start(mesh, server, timeout=0.2)
@@ -314,6 +373,28 @@ async def test_a_body_cut_short_fails_the_callers_read(mesh: Mesh, upstream: Ups
         assert r.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()
+
+
+async def test_a_body_cut_short_is_logged_in_one_line_without_a_traceback(
+    mesh: Mesh, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    await start(mesh, await upstream(upstream_app()))
+    with caplog.at_level(logging.INFO):
+        async with mesh.session() as s, s.get("http://billing/cut") as r:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+
+        def broken() -> list[logging.LogRecord]:
+            return [
+                record
+                for record in caplog.records
+                if "stream broke" in record.getMessage()
+                or (record.exc_info and "stream broke" in str(record.exc_info[1]))
+            ]
+
+        assert await settle(lambda: bool(broken()))
+    assert len(broken()) == 1
+    assert broken()[0].exc_info is None  # one line, no traceback
 
 
 async def test_a_stream_silent_past_read_timeout_fails_the_callers_read(

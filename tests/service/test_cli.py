@@ -147,6 +147,7 @@ async def scrape(url: str) -> dict[str, float]:
     return samples
 
 
+@pytest.mark.integration  # a real process
 async def test_serve_reloads_on_request_and_stops_on_sigterm(
     spawn: Spawn,
     good_config: Path,
@@ -183,6 +184,7 @@ async def test_serve_reloads_on_request_and_stops_on_sigterm(
     assert not pid_file.exists()
 
 
+@pytest.mark.integration  # a real process
 async def test_demo_feeds_every_metric_family(
     spawn: Spawn,
 ) -> None:

@@ -122,6 +122,7 @@ def test_every_bad_file_is_one_config_error_naming_the_place(
     assert errors_of(write(tmp_path, content)) == [expected]
 
 
+@pytest.mark.integration  # a real process
 def test_check_prints_no_traceback_for_a_file_that_is_not_utf8(tmp_path: Path) -> None:
     path = write(tmp_path, b"[providers.local]\nkind = '\xff'\n")
     done = subprocess.run(

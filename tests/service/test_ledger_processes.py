@@ -108,7 +108,8 @@ async def test_four_workers_write_every_call_once_to_one_postgresql(
     config = tmp_path / "meshbridge.toml"
     config.write_text(CONFIG.format(ledger='url_env = "MB_TEST_LEDGER_URL"'))
     process, log = await run("serve", str(config), "--workers", "4")
-    url = (await wait_for(log, r"serving 4 workers on (http://127\.0\.0\.1:\d+)"))[1]
+    # four interpreters importing SQLAlchemy at once, on a shared machine: 30 s
+    url = (await wait_for(log, r"serving 4 workers on (http://127\.0\.0\.1:\d+)", rounds=3000))[1]
     calls = 200
     for _ in range(4):  # on new connections: the kernel spreads them over the workers
         await call(url, "token-of-the-ci-client", calls // 4, new_connections=True)

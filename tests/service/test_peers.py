@@ -25,6 +25,7 @@ from meshbridge.providers import (
 )
 from meshbridge.providers import remote as remote_kind
 from meshbridge.service import Service, load_config, main, parse_config
+from meshbridge.service._nonces import LocalNonces
 
 ServiceFactory = Callable[[str], Coroutine[Any, Any, Service]]
 
@@ -258,7 +259,7 @@ async def test_a_full_nonce_cache_answers_503_and_forgets_nothing_live(
     serve: ServiceFactory,
 ) -> None:
     service = await serve(CONFIG)
-    service.gateway.peers.nonces = NonceCache(capacity=1)
+    service.gateway.peers.nonces = LocalNonces(NonceCache(capacity=1))
     assert (await call(service, "/echo/x", header("GET", "/echo/x")))[0] == 200
     status, _ = await call(service, "/echo/x", header("GET", "/echo/x"))
     assert status == 503

@@ -26,7 +26,8 @@ retry_floor = 3.0
 replay_limit = 65536
 fallback = ["backup"]
 max_in_flight = 200
-circuit_breaker = { failures = 5, interval = 10.0, open_for = 30.0, half_open = 3, on = [429, 503, 504, 529, "connect-failure"] }
+fallback_on_overload = true
+circuit_breaker = { failures = 5, interval = 10.0, open_for = 30.0, max_open_for = 300.0, half_open = 3, on = [429, 500, 502, 503, 504, 529, "connect-failure", "first-byte-timeout", "timeout"] }
 fault = { delay = 0.5, delay_ratio = 0.1, abort = 503, abort_ratio = 0.05 }
 
 [providers.backup]
@@ -59,6 +60,7 @@ def test_every_policy_key_reads_into_the_same_policy_as_python(tmp_path: Path) -
         retries=2,
         fallback=("backup",),
         max_in_flight=200,
+        fallback_on_overload=True,
         circuit_breaker=CircuitBreaker(failures=5, interval=10.0, open_for=30.0, half_open=3),
         fault=Fault(delay=0.5, delay_ratio=0.1, abort=503, abort_ratio=0.05),
     )

@@ -24,6 +24,8 @@ from meshbridge.providers import PEER_HEADER, sign_identity
 
 from .test_cli import scrape, wait_for
 
+pytestmark = pytest.mark.integration
+
 SECRET = "the-secret-a-and-b-share-0000001"
 TOKEN = "token-of-the-ci-client-on-a"
 B_CONFIG = """
