@@ -2,10 +2,11 @@
 [--json PATH]``, and ``python -m benchmarks soak [--quick]`` (see ``soak.py``),
 ``slowloris``, ``policies [--quick]`` (what traffic policies cost, see
 ``policies.py``), ``limits [--quick]`` (what limits cost, see ``limits.py``),
-``workers [--quick]`` (gateway throughput with 1 and 2 workers, see
-``workers.py``), ``chaos [--quick|--smoke]`` (traffic policies under
-failures, see ``chaos.py``) and ``versions`` (the unary and streaming
-workloads under each Python's venv, one table, see ``versions.py``)."""
+``ledger [--quick] [--postgres URL]`` (what the usage ledger costs and
+sustains, see ``ledger.py``), ``workers [--quick]`` (gateway throughput with
+1 and 2 workers, see ``workers.py``), ``chaos [--quick|--smoke]`` (traffic
+policies under failures, see ``chaos.py``) and ``versions`` (the unary and
+streaming workloads under each Python's venv, one table, see ``versions.py``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import chaos, limits, policies, slowloris, soak, versions, workers
+from . import chaos, ledger, limits, policies, slowloris, soak, versions, workers
 from .apart import serve_main
 from .contenders import CONTENDERS
 from .report import summarize, table, write_json
@@ -103,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return chaos.main(argv[1:])
     if argv[:1] == ["limits"]:
         return limits.main(argv[1:])
+    if argv[:1] == ["ledger"]:
+        return ledger.main(argv[1:])
     if argv[:1] == ["workers"]:
         return workers.main(argv[1:])
     if argv[:1] == ["versions"]:

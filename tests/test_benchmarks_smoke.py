@@ -267,3 +267,32 @@ def test_the_cost_of_limits_is_measured(tmp_path: Path) -> None:
     expected = {"none", "unmatched", "one_rpm", "in_process"}
     assert set(figures) in (expected, expected | {"redis"})
     assert all(row["cpu_us"] > 0 for row in figures.values())
+
+
+@pytest.mark.integration
+def test_the_cost_and_the_throughput_of_the_ledger_are_measured(tmp_path: Path) -> None:
+    out = tmp_path / "ledger.json"
+    done = run_benchmarks("ledger", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    # figures only (no timing asserted): every row was measured
+    assert set(figures) == {
+        "sequential",
+        "concurrent_64",
+        "gateway_sequential",
+        "gateway_64",
+        "rows_per_second",
+        "summary_seconds",
+        "summary_rows",
+    }
+    assert figures["rows_per_second"]["sqlite"] > 0
+    assert set(figures["summary_seconds"]) == {
+        "total",
+        "key",
+        "source",
+        "client",
+        "provider",
+        "model",
+        "day",
+    }
+    assert figures["sequential"]["ledger_loop_us"] > 0

@@ -8,6 +8,7 @@ meshbridge serve CONFIG      serve the providers over HTTP (SIGHUP reloads;
 meshbridge reload CONFIG     make the running `serve` of CONFIG reload it
 meshbridge limits CONFIG     each limit's use and what remains (--format table|json)
 meshbridge demo              fake providers under a live workload, /metrics on --listen
+meshbridge usage CONFIG      summaries (--group-by) and calls (--calls) from the usage ledger
 meshbridge kinds             list the installed provider kinds
 """
 
@@ -29,6 +30,7 @@ from ._demo import run_demo
 from ._limits_cli import show_limits
 from ._pidfile import PidFileError, pid_file_for, read_pid_file, running_serve, signal_serve
 from ._service import Service, serve_until_signalled
+from ._usage_cli import add_usage_parser, usage
 from ._worker import WorkerSpec, run_worker
 from ._workers import supervise
 
@@ -124,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         help="stop after this long (default: Ctrl-C)",
     )
     demo.add_argument("--access-log", action="store_true", help="log every outside request")
+    add_usage_parser(commands)
     commands.add_parser("kinds", help="list the installed provider kinds")
     return parser
 
@@ -254,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the ledger logs its own upgrades
     if args.command == "check":
         return check(args.config, no_env=args.no_env)
     if args.command == "routes":
@@ -268,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return list_kinds()
     if args.command == "limits":
         return show_limits(args.config, args.format)
+    if args.command == "usage":
+        return usage(args)
 
     if not args.access_log:
         logging.getLogger("meshbridge.access").setLevel(logging.WARNING)

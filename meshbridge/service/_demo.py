@@ -463,6 +463,8 @@ async def run_demo(
             url, first = service.url, demo.providers[0]
             out.write(f"meshbridge demo: serving {', '.join(service.mesh.providers)} on {url}\n")
             out.write(f"  metrics: {url}/metrics\n")
+            if service.ledger is not None:
+                out.write(f"  usage ledger: {service.ledger.where} (meshbridge usage)\n")
             if demo.client is not None:
                 token = demo.client.token if variant_file is not None else "<your token>"
                 out.write(
@@ -492,5 +494,8 @@ async def run_demo(
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         out.write("\n" + demo.summary() + "\n")
+        if service.ledger is not None:
+            written = service.ledger.metrics.written
+            out.write(f"usage ledger: {written} calls recorded in {service.ledger.where}\n")
         out.flush()
         return 0

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from meshbridge import ConfigError, Mesh
 
 from ._config import Config, ProviderConfig, load_config
+from ._ledger import Ledger
 from ._limits_config import LimitsConfig
 
 __all__ = ["Reloader", "mesh_from_config"]
@@ -77,6 +78,8 @@ class Reloader:
         mesh: the mesh to configure (started or not).
         config: the config it runs now; :meth:`install` registers it.
         environ: where ``*_env`` options are looked up on reload.
+        ledger: the mesh's usage ledger: a reload flushes it and applies the
+            ``[ledger]`` settings that need no restart.
 
     :attr:`listening_on` is the ``server.listen`` the server was started
     with (None when the address came from elsewhere, such as ``serve
@@ -86,9 +89,15 @@ class Reloader:
     """
 
     def __init__(
-        self, mesh: Mesh, config: Config, *, environ: Mapping[str, str] | None = None
+        self,
+        mesh: Mesh,
+        config: Config,
+        *,
+        environ: Mapping[str, str] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.mesh = mesh
+        self.ledger = ledger
         self.config = config
         self._environ = environ
         self._apps: dict[str, web.Application] = {}
@@ -167,9 +176,19 @@ class Reloader:
                 )
             await self._reload_limits(config.limits, path)
             self.config, self._apps = config, apps
+            if self.ledger is not None:
+                await self._reload_ledger(config)
             self._reloads.success += 1
             log.info("config reloaded from %s: providers %s", path, ", ".join(apps))
             return True
+
+    async def _reload_ledger(self, config: Config) -> None:
+        assert self.ledger is not None
+        restart = self.ledger.reconfigure(config.ledger)
+        if restart:
+            keys = ", ".join(f"ledger.{key}" for key in restart)
+            log.warning("%s changed in %s: restart to apply", keys, config.path)
+        await self.ledger.flush()
 
     async def _reload_limits(self, new: LimitsConfig, path: object) -> None:
         """Limits and prices change in place: the store and its counters stay

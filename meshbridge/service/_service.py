@@ -3,7 +3,8 @@ stopped as one, and the process around it (signals, pid file).
 
 Stopping (SIGTERM, SIGINT, or the end of ``async with``): ``/readyz`` turns
 503, the listener stops accepting, in-flight requests get the grace period
-to finish and are then cancelled, and the providers shut down. SIGHUP
+to finish and are then cancelled, the providers shut down, and the usage
+ledger writes (or spools) what it holds. SIGHUP
 reloads the config (see :class:`Reloader`).
 
 The grace period is counted once. aiohttp's own ``shutdown_timeout`` would
@@ -31,6 +32,7 @@ from meshbridge import LimitStore, Mesh
 from ._config import Config
 from ._gateway import Gateway
 from ._http_guard import Listener
+from ._ledger import Ledger
 from ._nonces import FirstUse, SharedNonces
 from ._pidfile import PidFileError, pid_file_for, remove_pid_file, write_pid_file
 from ._reload import Reloader
@@ -100,6 +102,9 @@ class Service:
         port: where to listen (the port of ``server.listen`` by default; 0
             picks a free one, see :attr:`url`).
         registry: the metrics registry (a new one by default).
+
+    With ``[ledger] enabled`` (the default), every call is recorded in the
+    usage ledger (:attr:`ledger`), which the mesh starts and closes.
         reuse_port: listen with ``SO_REUSEPORT`` (a worker of ``serve --workers``).
         admin: where the admin listener listens, instead of ``server.admin_listen``
             (which must be set for there to be one).
@@ -118,12 +123,15 @@ class Service:
         admin: tuple[str, int] | None = None,
         tracer_provider: object | None = None,
     ) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.ledger = Ledger(config.ledger, registry=registry) if config.ledger.enabled else None
         self.mesh = Mesh(
             registry=registry,
             grace_period=config.server.grace_period,
             tracer_provider=tracer_provider,
+            ledger=self.ledger,
         )
-        self.reloader = Reloader(self.mesh, config)
+        self.reloader = Reloader(self.mesh, config, ledger=self.ledger)
         self.reloader.install()
         self.gateway = Gateway(self.reloader, tracer_provider=tracer_provider)
         # With a shared store ([store] url), peer nonces are shared by replicas.

@@ -57,6 +57,17 @@ DOCUMENTED_FAMILIES = {
     "meshbridge_limit_allowed": "meshbridge_limit_allowed",
     "meshbridge_store_errors": "meshbridge_store_errors_total",
     "meshbridge_store_up": "meshbridge_store_up",
+    # the usage ledger of `serve` and `demo` (docs/guides/ledger.md)
+    "meshbridge_ledger_written": "meshbridge_ledger_written_total",
+    "meshbridge_ledger_spooled": "meshbridge_ledger_spooled_total",
+    "meshbridge_ledger_replayed": "meshbridge_ledger_replayed_total",
+    "meshbridge_ledger_dropped": "meshbridge_ledger_dropped_total",
+    "meshbridge_ledger_write_errors": "meshbridge_ledger_write_errors_total",
+    "meshbridge_ledger_pruned": "meshbridge_ledger_pruned_total",
+    "meshbridge_ledger_queue_depth": "meshbridge_ledger_queue_depth",
+    "meshbridge_ledger_spool_records": "meshbridge_ledger_spool_records",
+    "meshbridge_ledger_spool_bytes": "meshbridge_ledger_spool_bytes",
+    "meshbridge_ledger_database_up": "meshbridge_ledger_database_up",
 }
 
 # Series Prometheus makes itself, not meshbridge.

@@ -51,6 +51,18 @@ ROWS = {
         "meshbridge_store_errors_total",
         "meshbridge_store_up",
     },
+    "Usage ledger": {
+        "meshbridge_ledger_written_total",
+        "meshbridge_ledger_spooled_total",
+        "meshbridge_ledger_replayed_total",
+        "meshbridge_ledger_dropped_total",
+        "meshbridge_ledger_write_errors_total",
+        "meshbridge_ledger_pruned_total",
+        "meshbridge_ledger_queue_depth",
+        "meshbridge_ledger_spool_records",
+        "meshbridge_ledger_spool_bytes",
+        "meshbridge_ledger_database_up",
+    },
 }
 # The variable filters of families that lack a provider or a source label
 # (every other family takes both). Callers' calls are by the name they used,
@@ -66,6 +78,7 @@ FILTERS = {
     "meshbridge_limit_allowed": (),
     "meshbridge_store_errors_total": (),
     "meshbridge_store_up": (),
+    **dict.fromkeys(ROWS["Usage ledger"], ()),  # one writer per process: no labels
     "meshbridge_calls_total": ('target=~"$provider"', SOURCE),
     "meshbridge_circuit_state": (PROVIDER,),
     "meshbridge_circuit_transitions_total": (PROVIDER,),
