@@ -32,7 +32,15 @@ from ._ledger_config import LedgerConfig, database_url
 from ._ledger_schema import GROUPS, bucket_seconds, calls, id_at, record_of
 from ._ledger_store import Store
 
-__all__ = ["GROUP_BY", "MAX_PAGE", "LedgerReader", "UsageFilter", "UsageRow", "parse_when"]
+__all__ = [
+    "GROUP_BY",
+    "MAX_PAGE",
+    "LedgerReader",
+    "UsageFilter",
+    "UsageRow",
+    "calls_since",
+    "parse_when",
+]
 
 GROUP_BY: Final = (*GROUPS, "day")
 MAX_PAGE: Final = 1000
@@ -215,3 +223,23 @@ class LedgerReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def calls_since(config: LedgerConfig, since: float) -> list[CallRecord]:
+    """Every call the ledger of ``config`` recorded from ``since`` (seconds
+    since the epoch) on, oldest first; none when nothing was recorded yet."""
+    try:
+        reader = LedgerReader(config)
+    except FileNotFoundError:
+        return []
+    found: list[CallRecord] = []
+    with reader:
+        where = UsageFilter(since=datetime.fromtimestamp(since, UTC))
+        cursor: str | None = None
+        while True:
+            page, cursor = reader.calls(where, limit=MAX_PAGE, cursor=cursor)
+            found += page
+            if cursor is None:
+                break
+    found.reverse()
+    return found
