@@ -26,7 +26,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHAT = {"model": "fake-small", "messages": [{"role": "user", "content": "Hi"}]}
 
 
-def config_text(redis: RedisServer, prefix: str, extra: str = "") -> str:
+def served() -> str:
+    """A gated server with one client (source ``batch``) and the fake provider ``local``."""
     return f"""
 [server]
 listen = "127.0.0.1:0"
@@ -37,7 +38,11 @@ source = "batch"
 kind = "fake"
 tokens_per_second = 0
 time_to_first_token = 0
-reply_tokens = 2
+"""
+
+
+def config_text(redis: RedisServer, prefix: str, extra: str = "") -> str:
+    return f"""{served()}reply_tokens = 2
 [limits.hundred]
 match = {{ source = "batch" }}
 requests_per_minute = 100
@@ -147,17 +152,7 @@ async def test_closed_on_store_failure_refuses_with_503_while_redis_is_down(
 
 
 def budget_config(folder: Path) -> str:
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-[server.clients.ci]
-token = "{TOKEN}"
-source = "batch"
-[providers.local]
-kind = "fake"
-tokens_per_second = 0
-time_to_first_token = 0
-reply_tokens = 30
+    return f"""{served()}reply_tokens = 30
 [limits.month]
 match = {{ source = "batch" }}
 spend_per_month = 100.0
