@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +38,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from meshbridge import CallRecord, Mesh
+from meshbridge import CallRecord, Mesh, uuid7
 from meshbridge.service import (
     Ledger,
     LedgerConfig,
@@ -197,7 +196,7 @@ def _records(count: int, start: float, spread: float) -> list[CallRecord]:
         at = start + i * step
         found.append(
             CallRecord(
-                id=_uuid7(at),
+                id=uuid7(at),
                 started=at,
                 duration=0.01 + (i % 997) / 100,
                 ttfb=0.005,
@@ -224,11 +223,6 @@ def _records(count: int, start: float, spread: float) -> list[CallRecord]:
             )
         )
     return found
-
-
-def _uuid7(seconds: float) -> str:
-    value = (int(seconds * 1000) << 80) | (uuid.uuid4().int & ((1 << 80) - 1))
-    return str(uuid.UUID(int=value & ~(0xF << 76) | (0x7 << 76)))
 
 
 async def rows_per_second(url: str, count: int, folder: Path) -> float:

@@ -30,7 +30,7 @@ from ._limiter import Limiter
 from ._limits import CallIdentity, Limit, Price, TokenUsage
 from ._mesh import Mesh
 from ._policy import CircuitBreaker, Fault, Policy, Route
-from ._record import CallRecord, LedgerSink
+from ._record import CallRecord, LedgerSink, uuid7
 from ._routing import check_name as check_provider_name
 from ._source import Source, check_api_key_id, use_api_key_id, use_client, use_source
 from ._state import ProviderState, RouteState, TrafficState
@@ -79,6 +79,7 @@ __all__ = [
     "use_api_key_id",
     "use_client",
     "use_source",
+    "uuid7",
 ]
 
 __version__ = "0.1.0"

@@ -262,23 +262,12 @@ class Call:
         """The call as the ledger keeps it."""
         started = time() - (perf_counter() - self.started)
         usage = self.usage
-        trace_id = self.trace.trace_id if self.trace is not None else None
-        tokens: dict[str, int | None] = dict.fromkeys(
-            ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
-        )
-        if usage is not None:
-            tokens = {
-                "input_tokens": usage.input + usage.cache_read + usage.cache_write,
-                "output_tokens": usage.output,
-                "cached_input_tokens": usage.cache_read,
-                "reasoning_tokens": usage.reasoning,
-            }
-        return CallRecord(
+        record = CallRecord(
             id=uuid7(started),
             started=started,
             duration=self.duration,
             ttfb=self.ttfb,
-            ttft=usage.ttft if usage is not None else None,
+            ttft=None,
             source=self.source,
             api_key_id=self.api_key_id,
             client=self.client,
@@ -292,10 +281,16 @@ class Call:
             path=self.path[:_MAX_PATH],
             status=self.status,
             outcome=self.outcome or "error",
-            request_model=usage.request_model if usage is not None else None,
-            response_model=usage.response_model if usage is not None else None,
-            tool_calls=tuple(usage.tool_calls) if usage is not None else (),
-            trace_id=trace_id,
-            prompt=usage.prompt if usage is not None else None,
-            **tokens,
+            trace_id=self.trace.trace_id if self.trace is not None else None,
         )
+        if usage is not None:
+            record.ttft = usage.ttft
+            record.request_model = usage.request_model
+            record.response_model = usage.response_model
+            record.input_tokens = usage.input + usage.cache_read + usage.cache_write
+            record.output_tokens = usage.output
+            record.cached_input_tokens = usage.cache_read
+            record.reasoning_tokens = usage.reasoning
+            record.tool_calls = tuple(usage.tool_calls)
+            record.prompt = usage.prompt
+        return record

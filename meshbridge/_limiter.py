@@ -53,7 +53,7 @@ from ._estimate import DEFAULT_OUTPUT, Estimate, estimate_tokens
 from ._limit_metrics import LimitMetrics
 from ._limit_rules import Held, LimitUse, Plan, Refusal, Rules, Ticket
 from ._limit_store import LEASE, TOTAL, WINDOW, InProcessStore, LimitStore
-from ._limits import CallIdentity, Limit, Price, TokenUsage, fmt_amount
+from ._limits import KINDS, CallIdentity, Limit, Price, TokenUsage, fmt_amount
 from ._metrics import source_label
 from ._reasons import Reason
 from ._record import CallRecord
@@ -548,6 +548,20 @@ class Limiter:
             listed.append(LimitUse(rule.limit.name, rule.kind, caller, used, rule.amount,
                                    remaining, period, item.end or None))  # fmt: skip
         return listed
+
+    def budgets_since(self) -> float | None:
+        """When the longest current calendar period of its budgets began
+        (seconds since the epoch): the calls to :meth:`replay` are those
+        since then. None: no day or month budget."""
+        now = self._clock()
+        units = {
+            KINDS[kind].period
+            for limit in self.limits
+            for kind in limit.kinds
+            if KINDS[kind].calendar
+        }
+        starts = [self._rules.calendar.period(unit, now).start for unit in units]
+        return min(starts) if starts else None
 
     async def replay(self, records: Iterable[CallRecord]) -> int:
         """Add past calls to the day and month budgets of the current periods.

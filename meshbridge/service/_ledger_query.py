@@ -39,6 +39,7 @@ __all__ = [
     "LedgerReader",
     "UsageFilter",
     "UsageRow",
+    "calls_since",
     "parse_when",
 ]
 
@@ -236,3 +237,23 @@ class LedgerReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def calls_since(config: LedgerConfig, since: float) -> list[CallRecord]:
+    """Every call the ledger of ``config`` recorded from ``since`` (seconds
+    since the epoch) on, oldest first; none when nothing was recorded yet."""
+    try:
+        reader = LedgerReader(config)
+    except FileNotFoundError:
+        return []
+    found: list[CallRecord] = []
+    with reader:
+        where = UsageFilter(since=datetime.fromtimestamp(since, UTC))
+        cursor: str | None = None
+        while True:
+            page, cursor = reader.calls(where, limit=MAX_PAGE, cursor=cursor)
+            found += page
+            if cursor is None:
+                break
+    found.reverse()
+    return found

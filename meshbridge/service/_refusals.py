@@ -16,29 +16,19 @@ without credentials must not be able to write rows. The access log and
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from time import time
 
 from aiohttp import web
 
-from meshbridge import CallRecord
+from meshbridge import CallRecord, uuid7
 
 from ._access_log import CLIENT, HANDED, PROVIDER, RESPONSE, Ended
 from ._ledger import Ledger
 from ._peer_auth import Caller
 
-__all__ = ["record_refusals", "refusal_record", "uuid7"]
+__all__ = ["record_refusals", "refusal_record"]
 
 _PEER_PREFIX = "peer:"
-
-
-def uuid7(seconds: float) -> str:
-    """A UUIDv7 (RFC 9562) of ``seconds`` since the epoch, as the mesh's records have."""
-    value = (int(seconds * 1000) & (2**48 - 1)) << 80 | int.from_bytes(os.urandom(10))
-    value = value & ~(0xF << 76) | 0x7 << 76  # version 7 in the 4 bits after the time
-    value = value & ~(0x3 << 62) | 0x2 << 62  # the RFC's variant
-    return str(uuid.UUID(int=value))
 
 
 def _error_type(response: web.StreamResponse) -> str:

@@ -33,6 +33,7 @@ from ._config import Config
 from ._gateway import Gateway
 from ._http_guard import Listener
 from ._ledger import Ledger
+from ._ledger_query import calls_since
 from ._nonces import FirstUse, SharedNonces
 from ._pidfile import PidFileError, pid_file_for, remove_pid_file, write_pid_file
 from ._reload import Reloader
@@ -102,14 +103,17 @@ class Service:
         port: where to listen (the port of ``server.listen`` by default; 0
             picks a free one, see :attr:`url`).
         registry: the metrics registry (a new one by default).
-
-    With ``[ledger] enabled`` (the default), every call is recorded in the
-    usage ledger (:attr:`ledger`), which the mesh starts and closes.
         reuse_port: listen with ``SO_REUSEPORT`` (a worker of ``serve --workers``).
         admin: where the admin listener listens, instead of ``server.admin_listen``
             (which must be set for there to be one).
         tracer_provider: an OpenTelemetry ``TracerProvider`` for the mesh and the
             gateway (by default the global one, if set before the start).
+
+    With ``[ledger] enabled`` (the default), every call is recorded in the
+    usage ledger (:attr:`ledger`), which the mesh starts and closes. With
+    day or month budgets in the in-process store, the calls of their current
+    periods are replayed from the ledger at the start: a restart keeps what
+    was spent.
     """
 
     def __init__(
@@ -169,6 +173,11 @@ class Service:
     async def start(self) -> None:
         """Start every provider, then listen."""
         await self.mesh.start()
+        try:
+            await self._replay_budgets()
+        except BaseException:
+            await self.mesh.aclose()
+            raise
         runner = web.AppRunner(
             self.gateway.app(),
             handle_signals=False,
@@ -195,6 +204,22 @@ class Service:
             raise
         self._runner = runner
         self.gateway.ready = True
+
+    async def _replay_budgets(self) -> None:
+        """Day and month budgets of an in-process store start from what the
+        ledger recorded in their current periods (a shared store keeps its own)."""
+        limiter, ledger = self.mesh.limiter, self.ledger
+        if limiter is None or ledger is None or not limiter.synchronous:
+            return
+        since = limiter.budgets_since()
+        if since is None:
+            return
+        config = self.reloader.config.ledger
+        records = await asyncio.to_thread(calls_since, config, since)
+        counted = await limiter.replay(records)
+        log.info(
+            "limits: %d calls of the budgets' current periods replayed from the ledger", counted
+        )
 
     def share_nonces(self, store: FirstUse) -> None:
         """Check peer signatures' nonces in ``store`` (a shared one, such as

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from meshbridge import CallRecord
+from meshbridge import CallRecord, uuid7
 from meshbridge.service import Ledger, LedgerConfig, LedgerReader, UsageFilter
 
 __all__ = ["DIALECTS", "make_record", "new_ledger", "rows_in", "url_for"]
@@ -22,17 +21,11 @@ __all__ = ["DIALECTS", "make_record", "new_ledger", "rows_in", "url_for"]
 DIALECTS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
 
 
-def uuid7_at(seconds: float) -> str:
-    value = (int(seconds * 1000) << 80) | (uuid.uuid4().int & ((1 << 80) - 1))
-    value = value & ~(0xF << 76) | (0x7 << 76)
-    return str(uuid.UUID(int=value))
-
-
 def make_record(**fields: Any) -> CallRecord:
     """A completed unary call, with ``fields`` instead of the defaults."""
     started = fields.pop("started", time.time())
     record = CallRecord(
-        id=uuid7_at(started),
+        id=uuid7(started),
         started=started,
         duration=0.25,
         ttfb=0.05,

@@ -26,7 +26,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHAT = {"model": "fake-small", "messages": [{"role": "user", "content": "Hi"}]}
 
 
-def config_text(redis: RedisServer, prefix: str, extra: str = "") -> str:
+def served() -> str:
+    """A gated server with one client (source ``batch``) and the fake provider ``local``."""
     return f"""
 [server]
 listen = "127.0.0.1:0"
@@ -37,7 +38,11 @@ source = "batch"
 kind = "fake"
 tokens_per_second = 0
 time_to_first_token = 0
-reply_tokens = 2
+"""
+
+
+def config_text(redis: RedisServer, prefix: str, extra: str = "") -> str:
+    return f"""{served()}reply_tokens = 2
 [limits.hundred]
 match = {{ source = "batch" }}
 requests_per_minute = 100
@@ -144,3 +149,45 @@ async def test_closed_on_store_failure_refuses_with_503_while_redis_is_down(
             assert r.status == 503
             assert r.headers["x-meshbridge-reason"] == "store-unavailable"
             assert "limit store is unreachable" in body["error"]["message"]
+
+
+def budget_config(folder: Path) -> str:
+    return f"""{served()}reply_tokens = 30
+[limits.month]
+match = {{ source = "batch" }}
+spend_per_month = 100.0
+[prices."fake-small"]
+input = 1000000.0
+output = 1000000.0
+[ledger]
+url = "sqlite:///{folder}/ledger.sqlite3"
+"""
+
+
+async def spend(url: str, count: int) -> list[int]:
+    """``count`` calls one after another, each asking for at most 30 tokens."""
+    ask = {**CHAT, "max_tokens": 30}
+    statuses = []
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+        for _ in range(count):
+            async with session.post(f"{url}/local/v1/chat/completions", json=ask) as r:
+                await r.read()
+                statuses.append(r.status)
+    return statuses
+
+
+async def test_a_restart_keeps_a_month_budgets_spend_from_the_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "meshbridge.toml"
+    path.write_text(budget_config(tmp_path))  # a dollar a token, 100 a month, in-process
+    async with Service(load_config(path), port=0) as service:
+        # about 32 tokens a call: the fourth passes 100 (a call admitted below
+        # the budget finishes), the fifth is refused
+        statuses = await spend(service.url, 6)
+    assert statuses[:4] == [200] * 4
+    assert statuses[4:] == [429, 429]
+    async with Service(load_config(path), port=0) as again:
+        assert await spend(again.url, 1) == [429]  # this month's spend came from the ledger
+        limiter = again.mesh.limiter
+        assert limiter is not None
+        used = {(u.limit, u.kind): u.used for u in await limiter.usage()}
+    assert used[("month", "spend_per_month")] >= 100.0
