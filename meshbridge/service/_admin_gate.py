@@ -6,61 +6,35 @@ Rules of the admin gate:
 1. Where: on the admin listener (``admin_listen``); on the public listener
    only when the operator says so (``[server] admin_api_public = true``).
    Anywhere else an admin path is a 404, like any path nothing serves.
-2. Who: a request with exactly one ``Authorization`` header carrying an
-   admin token: ``[server] admin_token_env``'s, or a client's marked
-   ``admin = true`` (compared in constant time with every admin token),
-   either as ``Bearer TOKEN`` (scripts) or as HTTP Basic credentials whose
-   password is the token, any user name (what a browser sends once its
-   person typed the token into its sign-in prompt). A request signed by a
-   peer never passes: peers forward calls, they do not administer.
-   Anything else is a 401: the page's offers Basic (so a browser asks for
-   the token), every other one Bearer.
-3. With no admin token configured at all, every request is refused with a
+2. Who: a request with exactly one ``Authorization: Bearer TOKEN`` header
+   whose token is ``[server] admin_token_env``'s, or a client's marked
+   ``admin = true`` (compared in constant time with every admin token). A
+   request signed by a peer never passes: peers forward calls, they do not
+   administer. Anything else is a 401.
+3. The admin page (and only it, :meth:`AdminGate.protect` with
+   ``sign_in``) also takes the session cookie a browser got by signing in
+   with such a token (``_admin_session.py``); its 401 is the sign-in form.
+4. With no admin token configured at all, every request is refused with a
    403 that says how to configure one.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from meshbridge.providers import PEER_HEADER
 
+from ._admin_session import COOKIE, session_valid
 from ._config import ServerConfig
 from ._http_guard import json_error, listener_of
 
 __all__ = ["AdminGate"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_SIGN_IN = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>meshbridge admin: sign in</title></head>
-<body><h1>401: this page needs the admin token</h1>
-<p>Your browser asks for it: any user name, and the admin token as the password
-(<code>[server] admin_token_env</code>, or the token of a client with <code>admin = true</code>).
-Scripts send <code>Authorization: Bearer TOKEN</code> to <code>/admin/api/...</code>.</p>
-</body></html>
-"""
-
-
-def _offered_token(header: str) -> bytes | None:
-    """The token of one ``Authorization`` value: Bearer's, or Basic's password."""
-    scheme, _, value = header.partition(" ")
-    scheme, value = scheme.lower(), value.strip()
-    if scheme == "bearer":
-        return value.encode(errors="replace")
-    if scheme == "basic":
-        try:
-            decoded = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            return None
-        _, colon, password = decoded.partition(b":")
-        return password if colon else None
-    return None
 
 
 class AdminGate:
@@ -71,16 +45,24 @@ class AdminGate:
             reload applies to the next request).
         admin_apart: whether the server has an admin listener.
         not_found: the answer to a path nothing serves here (rule 1).
+        clock: seconds since the epoch, for sessions' expiry (rule 3).
     """
 
     def __init__(
-        self, settings: Callable[[], ServerConfig], *, admin_apart: bool, not_found: Handler
+        self,
+        settings: Callable[[], ServerConfig],
+        *,
+        admin_apart: bool,
+        not_found: Handler,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        self.clock = clock
         self._admin_apart = admin_apart
         self._not_found = not_found
 
-    def _tokens(self) -> list[bytes]:
+    def tokens(self) -> list[bytes]:
+        """Every admin token of the running config."""
         settings = self._settings()
         tokens = [client.token.encode() for client in settings.clients if client.admin]
         if settings.admin_token:
@@ -93,39 +75,56 @@ class AdminGate:
         on_admin = listener is not None and listener.admin
         return on_admin or self._settings().admin_api_public
 
-    def refusal(self, request: web.BaseRequest, *, page: bool = False) -> web.Response | None:
+    def matches(self, token: str) -> bool:
+        """Whether ``token`` is an admin token (rule 2; constant time)."""
+        offered, matched = token.strip().encode(errors="replace"), False
+        for known in self.tokens():  # every one, so timing does not tell which matched
+            matched |= hmac.compare_digest(offered, known)
+        return matched and bool(offered)
+
+    def refusal(self, request: web.BaseRequest, *, session: bool = False) -> web.Response | None:
         """None if ``request`` may use the admin endpoints, else the 401 or 403
-        (rules 2, 3); ``page``: the 401 is a page that asks a browser for the token."""
-        tokens = self._tokens()
+        (rules 2 to 4); ``session``: a valid session cookie also lets it pass."""
+        tokens = self.tokens()
         if not tokens:
             message = ("no admin token is configured: set [server] admin_token_env, "
                        "or admin = true on a [server.clients.NAME]")  # fmt: skip
             return json_error(403, "permission_error", message)
         offered = request.headers.getall("Authorization", [])
-        token = _offered_token(offered[0]) if len(offered) == 1 else None
-        matched = False
-        for known in tokens:  # every one, so timing does not tell which matched
-            matched |= hmac.compare_digest(token or b"", known)
-        if PEER_HEADER in request.headers or token is None or not matched:
-            if page:
-                denied = web.Response(status=401, text=_SIGN_IN, content_type="text/html")
-                denied.headers["WWW-Authenticate"] = (
-                    'Basic realm="meshbridge admin", charset="UTF-8"'
-                )
-                denied.headers["Cache-Control"] = "no-store"
-                return denied
-            denied = json_error(401, "authentication_error", "missing or invalid admin token")
-            denied.headers["WWW-Authenticate"] = 'Bearer realm="meshbridge admin"'
-            return denied
-        return None
+        scheme, _, token = offered[0].partition(" ") if len(offered) == 1 else ("", "", "")
+        matched = scheme.lower() == "bearer" and self.matches(token)
+        if not matched and session and COOKIE in request.cookies:
+            matched = session_valid(request.cookies[COOKIE], tokens, self.clock())
+        if matched and PEER_HEADER not in request.headers:
+            return None
+        denied = json_error(401, "authentication_error", "missing or invalid admin token")
+        denied.headers["WWW-Authenticate"] = 'Bearer realm="meshbridge admin"'
+        return denied
 
-    def protect(self, handler: Handler, *, page: bool = False) -> Handler:
-        """``handler`` behind the gate (``page``: its 401 asks a browser for the token)."""
+    def protect(self, handler: Handler, *, sign_in: Handler | None = None) -> Handler:
+        """``handler`` behind the gate. With ``sign_in`` (the admin page), a
+        session cookie also passes and a refused request gets ``sign_in``'s
+        answer (rule 3)."""
 
         async def gated(request: web.Request) -> web.StreamResponse:
             if not self.served_here(request):
                 return await self._not_found(request)
-            refused = self.refusal(request, page=page)
-            return refused if refused is not None else await handler(request)
+            refused = self.refusal(request, session=sign_in is not None)
+            if refused is None:
+                return await handler(request)
+            if sign_in is not None and refused.status == 401:
+                return await sign_in(request)
+            return refused
 
         return gated
+
+    def here(self, handler: Handler) -> Handler:
+        """``handler`` where admin paths are served, with no token (rule 1 only:
+        the sign-in form and the page's style sheet, script and icon)."""
+
+        async def located(request: web.Request) -> web.StreamResponse:
+            if not self.served_here(request):
+                return await self._not_found(request)
+            return await handler(request)
+
+        return located

@@ -7,10 +7,13 @@ JSON: ``/admin/api/config`` and ``/admin/api/live`` (the ledger's are
 Rules of the page:
 
 1. One gate: every path here goes through :class:`AdminGate` (served on the
-   admin listener, or also on the public one with ``admin_api_public``; an
-   admin token). The page's 401 asks the browser for the token; the rest
-   answer 401 as the API does.
-2. Read-only: GET only. Nothing here changes the mesh, the config, the
+   admin listener, or also on the public one with ``admin_api_public``).
+   The page takes an admin token or the session cookie a browser got by
+   signing in with one (``_admin_session.py``), and its 401 is the sign-in
+   form; the JSON takes a bearer token only. The sign-in form, the style
+   sheet, the script and the icon need no token (they show nothing).
+2. Read-only: GET only, but for signing in and out, which change nothing
+   but the browser's cookie. Nothing here changes the mesh, the config, the
    limits or the ledger.
 3. Everything shown is escaped: Jinja2 autoescaping renders every value
    (model names, paths, key ids and client names come from callers); the
@@ -33,15 +36,17 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
+from functools import partial
 from importlib.resources import files
 from typing import Any, Final
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from ._admin_gate import AdminGate, Handler
 from ._admin_rates import STEP
+from ._admin_session import clear_session, set_session, signed
 from ._admin_state import AdminState
 from ._config import ServerConfig
 from ._ledger_query import OUTCOMES
@@ -124,14 +129,17 @@ class AdminPage:
         self._static = {name: folder.joinpath(name).read_bytes() for name in _STATIC}
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        protect = self._gate.protect
+        gate = self._gate
+        page = partial(gate.protect, sign_in=self._sign_in_form)
         return [
-            ("GET", "/admin", protect(self._to_page, page=True)),
-            ("GET", "/admin/", protect(self._page, page=True)),
-            ("GET", "/admin/live", protect(self._live)),
-            ("GET", "/admin/static/{name}", protect(self._file)),
-            ("GET", "/admin/api/config", protect(self._config_api)),
-            ("GET", "/admin/api/live", protect(self._live_api)),
+            ("GET", "/admin", gate.here(self._to_page)),
+            ("GET", "/admin/", page(self._page)),
+            ("GET", "/admin/live", page(self._live)),
+            ("POST", "/admin/sign-in", gate.here(self._sign_in)),
+            ("POST", "/admin/sign-out", gate.here(self._sign_out)),
+            ("GET", "/admin/static/{name}", gate.here(self._file)),
+            ("GET", "/admin/api/config", gate.protect(self._config_api)),
+            ("GET", "/admin/api/live", gate.protect(self._live_api)),
         ]
 
     async def sampling(self, app: web.Application) -> AsyncIterator[None]:
@@ -152,7 +160,34 @@ class AdminPage:
 
     def _html(self, template: str, status: int = 200, **context: Any) -> web.Response:
         body = self._env.get_template(template).render(**context)
-        return web.Response(status=status, text=body, content_type="text/html", headers=_HEADERS)
+        answer = web.Response(status=status, text=body, content_type="text/html", headers=_HEADERS)
+        if status == 401:
+            answer.headers["WWW-Authenticate"] = 'Bearer realm="meshbridge admin"'
+        return answer
+
+    async def _sign_in_form(self, request: web.Request, message: str = "") -> web.StreamResponse:
+        return self._html("sign_in.html", 401, message=message)
+
+    async def _sign_in(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != request.host:
+            return self._html("sign_in.html", 403, message="a sign-in from another site is refused")
+        if not self._gate.tokens():
+            return self._html("sign_in.html", 403, message="no admin token is configured: set "
+                              "[server] admin_token_env, or admin = true on a client")  # fmt: skip
+        form = await request.post()
+        token = form.get("token")
+        if not isinstance(token, str) or not self._gate.matches(token):
+            return await self._sign_in_form(request, "That is not an admin token.")
+        answer = web.Response(status=303, headers={**_HEADERS, "Location": "./"})
+        value = signed(token.strip().encode(), self._gate.clock())
+        set_session(answer, value, secure=request.secure)
+        return answer
+
+    async def _sign_out(self, request: web.Request) -> web.StreamResponse:
+        answer = web.Response(status=303, headers={**_HEADERS, "Location": "./"})
+        clear_session(answer)
+        return answer
 
     async def _to_page(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPPermanentRedirect("/admin/", headers=_HEADERS)

@@ -10,7 +10,8 @@ Rules of the ring:
 2. A rate is the difference between now and the oldest snapshot at most
    ``window`` seconds old, over the seconds between them (so over a little
    less than the window once the ring is full, over what there is before).
-   With no snapshot before now there is no rate (None), not a zero.
+   With no snapshot at least :data:`MIN_SPAN` before now there is no rate
+   (None), not a zero, nor a burst of a few milliseconds taken for a rate.
 3. The error ratio is errors over requests in that span (None: no requests).
 4. A counter that went down (a worker counts from zero after a restart)
    gives no rate for that provider until the ring has moved past it.
@@ -29,6 +30,7 @@ __all__ = ["Rate", "Rates"]
 
 WINDOW: Final = 60.0
 STEP: Final = 5.0
+MIN_SPAN: Final = 1.0  # seconds: a shorter span says nothing about a rate per second
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,7 @@ class Rates:
         """Each provider's rate from the oldest snapshot in the window to ``state``."""
         base = next((s for s in self._ring if state.at - s.at <= self.window), None)
         rates: dict[str, Rate | None] = dict.fromkeys(state.providers)
-        if base is None or state.at <= base.at:
+        if base is None or state.at - base.at < min(MIN_SPAN, self.window):
             return rates
         seconds = state.at - base.at
         for name, (requests, errors) in _counts(state).items():

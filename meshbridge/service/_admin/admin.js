@@ -28,7 +28,7 @@
     })
       .then(function (response) {
         if (!response.ok) {
-          throw new Error(response.status === 401 ? "401: sign in again (reload the page)" : "HTTP " + response.status);
+          throw new Error(response.status === 401 ? "signed out: reload the page to sign in again" : "HTTP " + response.status);
         }
         return response.text();
       })
