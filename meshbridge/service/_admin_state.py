@@ -114,7 +114,8 @@ def policy_summary(policy: Policy) -> str:
     breaker = policy.circuit_breaker
     if breaker is not None:
         parts.append(f"breaker {breaker.failures} in {breaker.interval:g}s, "
-                     f"open {breaker.open_for:g}s, {breaker.half_open} probes")  # fmt: skip
+                     f"open {breaker.open_for:g}s, {breaker.half_open} "
+                     f"probe{'s' if breaker.half_open != 1 else ''}")  # fmt: skip
     if policy.fault is not None:
         parts.append("faults injected")
     return " · ".join(parts) or "defaults"
