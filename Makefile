@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO_ARGS ?= --duration 20
+DEMO_ARGS ?= --duration 20 --admin-listen 127.0.0.1:0
 SOAK_ARGS ?=
 # Extra arguments for pytest: `make check ARGS="-k pipe -x"`, `make pytest ARGS=...`.
 ARGS ?=
