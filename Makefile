@@ -45,7 +45,7 @@ FIND_PYTHON = find_python() { \
 	    fi; \
 	  done; return 1; }
 
-.PHONY: test check lint typecheck pytest pytest-fast pytest-versions coverage docs demo bench bench-smoke bench-versions soak system-deps venv clean
+.PHONY: test check lint typecheck pytest pytest-fast pytest-versions coverage docs demo admin-screenshot bench bench-smoke bench-versions soak system-deps venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -155,6 +155,11 @@ test: lint typecheck docs pytest pytest-versions
 
 demo: $(STAMP)
 	$(BIN)/meshbridge demo $(DEMO_ARGS)
+
+# The admin page during the demo's outage, for the docs (docs/images/admin.png):
+# the demo, Debian's Chromium driven by Playwright, one picture.
+admin-screenshot: $(STAMP)
+	$(BIN)/python -m tests.browser.screenshot_demo docs/images/admin.png
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
