@@ -71,6 +71,10 @@ class Rates:
         self.step = step
         self._ring: deque[_Snapshot] = deque(maxlen=int(window / step) + 2)
 
+    def __len__(self) -> int:
+        """Snapshots kept (at most ``window / step + 2``)."""
+        return len(self._ring)
+
     def sample(self, state: TrafficState) -> None:
         """Keep ``state``'s counters, unless the last snapshot is under ``step`` old."""
         if self._ring and state.at - self._ring[-1].at < self.step:

@@ -10,6 +10,7 @@ stops the demo. Chromium is Debian's, driven by its executable path.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -35,7 +36,9 @@ def take(path: Path) -> None:
         argv = [sys.executable, "-m", "meshbridge", "demo", "--listen", "127.0.0.1:0",
                 "--admin-listen", "127.0.0.1:0", "--duration", "20"]  # fmt: skip
         with log.open("wb") as out:
-            demo = subprocess.Popen(argv, stdout=out, stderr=out, env={"XDG_STATE_HOME": folder})
+            demo = subprocess.Popen(
+                argv, stdout=out, stderr=out, env={**os.environ, "XDG_STATE_HOME": folder}
+            )
         try:
             deadline = time.monotonic() + 15
             while not (found := _ADDRESS.search(log.read_text())):

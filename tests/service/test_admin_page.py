@@ -98,6 +98,12 @@ async def test_the_page_and_its_json_are_served_on_the_admin_listener_only(
     for path in ("/admin/", "/admin/live", "/admin/api/config", "/admin/api/live"):
         assert (await get(service.admin_url + path))[0] == 200, path
         assert (await get(service.url + path))[0] == 404, path
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for method in ("POST", "PUT", "DELETE", "PATCH"):  # read-only: nothing else answers
+            for path in ("/admin/", "/admin/live", "/admin/api/config", "/admin/api/live"):
+                async with session.request(method, service.admin_url + path) as r:
+                    assert r.status in (404, 405), (method, path, r.status)
     public = await serve(config(tmp_path / "public", where=PUBLIC))
     for path in ("/admin/", "/admin/api/live"):
         assert (await get(public.url + path))[0] == 200, path

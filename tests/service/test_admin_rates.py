@@ -38,7 +38,7 @@ def test_the_ring_keeps_one_snapshot_per_step_and_looks_back_one_window_at_most(
     rates = Rates(window=60.0, step=5.0)
     for second in range(200):  # sampled every second: one kept per 5 s
         rates.sample(state(float(second), llm=(second * 3, second)))
-    assert len(rates._ring) == 14  # window / step + 2, whatever was offered
+    assert len(rates) == 14  # window / step + 2, whatever was offered
     rate = rates.over(state(200.0, llm=(600, 200)))["llm"]
     assert rate is not None
     assert rate.seconds == 60.0  # the oldest snapshot within the window: t = 140
