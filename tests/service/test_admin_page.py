@@ -260,3 +260,16 @@ async def test_the_recent_calls_filter_on_outcome_and_a_bad_filter_is_a_400(
     status, page = await get(f"{service.admin_url}/admin/?outcome=exploded")
     assert status == 400
     assert 'id="calls-error"' in page
+
+
+async def test_with_the_ledger_off_the_page_says_so_and_shows_the_rest(
+    serve: ServiceFactory, tmp_path: Path
+) -> None:
+    text = config(tmp_path).replace('url = "sqlite', 'enabled = false\n# url = "sqlite')
+    service = await serve(text)
+    status, page = await get(f"{service.admin_url}/admin/")
+    assert status == 200
+    assert re.search(
+        r'id="calls-error">the usage ledger is off \(\[ledger\] enabled = false\)', page
+    )
+    assert 'data-provider="llm"' in page
