@@ -7,16 +7,11 @@ import asyncio
 import dataclasses
 
 import pytest
-from aiohttp import web
 
 from meshbridge import CircuitBreaker, Mesh, Policy, ProviderState, Source
 
 from ..helpers import MeshFactory, settle
-from .test_policies import CALLS, Clock, scripted, watched
-
-
-def sample(mesh: Mesh, name: str, **labels: str) -> float:
-    return mesh.registry.get_sample_value(name, labels) or 0.0
+from .test_policies import CALLS, Clock, held_until, sample, scripted
 
 
 async def test_a_breaker_shows_open_with_its_next_probe_then_closes_again(
@@ -60,12 +55,7 @@ async def test_in_flight_and_admitted_count_the_requests_running_now(
     make_mesh: MeshFactory,
 ) -> None:
     release = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(text="done")
-
-    app = watched(slow)
+    app = held_until(release)
     mesh = await make_mesh({"llm": app})
     mesh.set_policy("llm", Policy(max_in_flight=5))
     async with mesh.session(source=Source.AGENTS) as agents, mesh.session() as anyone:
