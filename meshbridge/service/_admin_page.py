@@ -1,8 +1,8 @@
 """The admin page of ``meshbridge serve``: ``GET /admin/``, its live part
 ``/admin/live`` (which a little JavaScript fetches again every
-``[server] admin_refresh`` seconds), its two static files, and its data as
-JSON: ``/admin/api/config`` and ``/admin/api/live`` (the ledger's are
-``_usage_api.py``'s).
+``[server] admin_refresh`` seconds), its style sheet, script and icon,
+signing in and out, and its data as JSON: ``/admin/api/config`` and
+``/admin/api/live`` (the ledger's are ``_usage_api.py``'s).
 
 Rules of the page:
 

@@ -339,8 +339,7 @@ async def _run(supervisor: _Supervisor) -> int:
             log.warning("cannot write the pid file (%s): `meshbridge reload` needs --pid %d",
                         exc, os.getpid())  # fmt: skip
         pids = ", ".join(str(p.pid) for p in supervisor.processes)
-        where = supervisor.admin
-        admin = f", admin page on http://{address(*where)}/admin/" if where else ""
+        admin = f", admin on http://{address(*supervisor.admin)}" if supervisor.admin else ""
         log.info("serving %d workers on http://%s (pid %d, workers %s, pid file %s, "
                  "worker metrics in %s%s)", supervisor.count,
                  address(supervisor.host, supervisor.port), os.getpid(), pids, pid_file,

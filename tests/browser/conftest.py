@@ -168,9 +168,7 @@ def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminServ
             stdout=out, stderr=out, cwd=folder, env=env,
         )  # fmt: skip
     try:
-        pattern = re.compile(
-            r"on (http://127\.0\.0\.1:\d+) .*admin page on (http://[\d.:]+)/admin/"
-        )
+        pattern = re.compile(r"on (http://127\.0\.0\.1:\d+) .*admin on (http://[\d.:]+)")
         found: list[re.Match[str]] = []
 
         def started() -> bool:
