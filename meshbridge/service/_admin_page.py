@@ -212,6 +212,7 @@ class AdminPage:
             status,
             config=config,
             live=await self.state.live_json(),
+            reloaded=False,
             refresh=self._settings().admin_refresh,
             filters=filters,
             outcomes=OUTCOMES,
@@ -242,7 +243,11 @@ class AdminPage:
         return found, 200
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
-        return self._html("live.html", live=await self.state.live_json())
+        live = await self.state.live_json()
+        # the reloads the page saw when it loaded: any since then is said
+        seen = request.query.get("reloads", "")
+        now = "{success}.{failure}".format(**live["config"]["reloads"])
+        return self._html("live.html", live=live, reloaded=bool(seen) and seen != now)
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

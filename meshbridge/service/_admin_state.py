@@ -259,9 +259,14 @@ class AdminState:
                    "chosen": dict(r.chosen)} for r in state.routes.values()]  # fmt: skip
         limits, limits_error = await self._limits()
         workers, workers_error = await self._workers()
+        reloader = self.reloader
         return {
             "at": iso(datetime.now(UTC).timestamp()),
             "worker": self._worker(),
+            "config": {
+                "generation": reloader.generation,
+                "reloads": {"success": reloader.successes, "failure": reloader.failures},
+            },
             "providers": providers,
             "routes": routes,
             "limits": limits,

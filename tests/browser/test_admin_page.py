@@ -133,9 +133,14 @@ def test_a_failed_reload_shows_with_its_error_and_the_config_still_running(
     admin_server: AdminServer, context: BrowserContext
 ) -> None:
     page = context.new_page()
+    sign_in(page, admin_server)
+    expect(page.locator("#failed-reload")).to_have_count(0)
     config = admin_server.reload(broken=True)
     assert config["last_failed_reload"]["current"] is True
-    sign_in(page, admin_server)
+    notice = page.locator("#config-changed")  # said by the live part, within a refresh
+    expect(notice).to_contain_text(re.compile(r"\d+ succeeded, 1 failed"), timeout=WITHIN_A_REFRESH)
+    screenshot(page, "reload-noticed")
+    notice.locator("a").click()
     failed = page.locator("#failed-reload")
     expect(failed).to_contain_text("The last reload failed")
     expect(failed.locator("pre")).to_contain_text("providers.oops")

@@ -236,6 +236,7 @@ async def test_the_live_state_shows_an_open_breaker_its_admissions_and_the_limit
     )
     assert use["remaining"] == 47
     assert live["workers"] is None  # one process
+    assert live["config"] == {"generation": 0, "reloads": {"success": 0, "failure": 0}}
     fragment = (await get(f"{service.admin_url}/admin/live"))[1]
     assert re.search(r'data-circuit="open">\s*<span class="badge open">open</span>', fragment)
 
