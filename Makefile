@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO_ARGS ?= --duration 20
+DEMO_ARGS ?= --duration 20 --admin-listen 127.0.0.1:0
 SOAK_ARGS ?=
 # Extra arguments for pytest: `make check ARGS="-k pipe -x"`, `make pytest ARGS=...`.
 ARGS ?=
@@ -46,7 +46,7 @@ FIND_PYTHON = find_python() { \
 	    fi; \
 	  done; return 1; }
 
-.PHONY: test check lint typecheck pytest pytest-fast pytest-versions coverage docs demo bench bench-smoke bench-versions soak system-deps venv clean
+.PHONY: test check lint typecheck pytest pytest-fast pytest-versions coverage docs demo admin-screenshot bench bench-smoke bench-versions soak system-deps venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,9 @@ venv: $(STAMP)
 # Real Prometheus (prometheus, promtool) and docker-compose for the ops tests,
 # and redis-server for the shared limit store's tests (started by the tests
 # themselves, on free ports), and a real PostgreSQL server for the usage
-# ledger's tests (they start their own cluster in a temp dir). Installed only
+# ledger's tests (they start their own cluster in a temp dir), and Chromium
+# for the admin page's browser tests (Playwright drives it through its
+# executable path; no browser is downloaded). Installed only
 # where missing, saying what and why; no system service is left running.
 # Nothing is installed when everything is there.
 system-deps:
@@ -68,9 +70,10 @@ system-deps:
 	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "system-deps: installing Debian packages$$missing (promtool and a real Prometheus, docker-compose: tests/ops)"; \
+	    echo "system-deps: installing Debian packages$$missing (promtool and a real Prometheus, docker-compose: tests/ops; chromium: tests/browser)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	    for svc in prometheus prometheus-node-exporter redis-server postgresql; do \
 	      (command -v systemctl >/dev/null 2>&1 && systemctl stop $$svc) >/dev/null 2>&1 || true; \
@@ -155,6 +158,11 @@ test: lint typecheck docs pytest pytest-versions
 
 demo: $(STAMP)
 	$(BIN)/meshbridge demo $(DEMO_ARGS)
+
+# The admin page during the demo's outage, for the docs (docs/images/admin.png):
+# the demo, Debian's Chromium driven by Playwright, one picture.
+admin-screenshot: $(STAMP)
+	$(BIN)/python -m tests.browser.screenshot_demo docs/images/admin.png
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
