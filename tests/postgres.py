@@ -145,6 +145,34 @@ class PostgresServer:
             process.kill()
             process.wait(timeout=10)
 
+    def _processes(self) -> list[int]:
+        """The postmaster's pid and its children's (the backends)."""
+        assert self.process is not None, "the server is not running"
+        root, found = self.process.pid, [self.process.pid]
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == root:  # field 4: the parent
+                    found.append(int(entry.name))
+        return found
+
+    def freeze(self) -> None:
+        """Stop every process of the server (SIGSTOP): it keeps its connections
+        and answers nothing, as a database that hangs does, until thaw()."""
+        for pid in self._processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen server go on (SIGCONT)."""
+        if self.process is None:
+            return
+        for pid in self._processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,11 +1,10 @@
-"""The ledger when PostgreSQL goes away: requests do not wait, records are
-spooled and replayed, what the spool cannot hold is counted. Each test has
-a PostgreSQL cluster of its own, stopped and started by the test."""
+"""The ledger when PostgreSQL goes away or hangs: requests do not wait, records
+are spooled and replayed, what the spool cannot hold is counted. Each test has
+a PostgreSQL cluster of its own, stopped, frozen and started by the test."""
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,11 +44,7 @@ async def until(condition: object, what: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100)[98]
-
-
-async def test_ten_seconds_without_postgresql_slow_no_request_and_lose_no_record(
+async def test_a_postgresql_down_then_hanging_slows_no_request_and_loses_no_record(
     server: PostgresServer, tmp_path: Path
 ) -> None:
     url = server.new_database()
@@ -59,47 +54,57 @@ async def test_ten_seconds_without_postgresql_slow_no_request_and_lose_no_record
     mesh.register("llm", fake.create_app(INSTANT, ProviderContext("llm")))
     await mesh.start()
     phase = "before"
-    seconds: dict[str, list[float]] = {"before": [], "down": [], "after": []}
+    calls: dict[str, int] = {"before": 0, "down": 0, "hanging": 0, "after": 0}
 
     async def caller() -> None:
         async with mesh.session(source="agents") as session:
             while (at := phase) != "done":
-                started = time.perf_counter()
                 async with session.post("http://llm/v1/chat/completions", json=CHAT) as reply:
                     assert reply.status == 200
                     await reply.read()
-                seconds[at].append(time.perf_counter() - started)
+                calls[at] += 1
                 await asyncio.sleep(0.005)  # bounded load: ~WORKERS * 150 calls a second at most
 
     try:
         callers = [asyncio.create_task(caller()) for _ in range(WORKERS)]
-        await asyncio.sleep(3)
+        await asyncio.sleep(2)
         phase = "down"
         await asyncio.to_thread(server.stop)  # never on the loop: it waits for the process
-        await asyncio.sleep(10)
+        await asyncio.sleep(5)
         await asyncio.to_thread(server.start)
+        await until(lambda: sample(registry, "spool_records") == 0, "the spool to be replayed")
+        written = ledger.metrics.written
+        phase = "hanging"  # connected, and no answer to anything: a writer waits for good
+        server.freeze()
+        try:
+            await asyncio.sleep(3)
+            stuck = ledger.metrics.written
+        finally:
+            server.thaw()
         phase = "after"
-        await asyncio.sleep(3)
+        await asyncio.sleep(2)
         phase = "done"
         await asyncio.gather(*callers)
         await until(lambda: sample(registry, "spool_records") == 0, "the spool to be replayed")
+        await ledger.flush()
     finally:
+        server.thaw()
         await mesh.aclose()
-    calls = sum(len(v) for v in seconds.values())
+    # What proves that requests never wait for the ledger is what the callers
+    # did while it could not write: calls went on, answered 200, in both outages.
+    assert calls["down"] > 100, calls
+    assert calls["hanging"] > 100, calls
+    assert stuck - written <= 500, "the ledger wrote while its database hung"  # one batch at most
+    total = sum(calls.values())
     stored = rows_in(url)
-    assert len(stored) == calls
-    assert len({r.id for r in stored}) == calls
+    assert len(stored) == total
+    assert len({r.id for r in stored}) == total
     assert sample(registry, "spooled_total") > 0
     assert sample(registry, "replayed_total") == sample(registry, "spooled_total")
     assert sample(registry, "write_errors_total") > 0
     assert (
         sum(sample(registry, "dropped_total", reason=r) for r in ("queue_full", "spool_full")) == 0
     )
-    normal = seconds["before"] + seconds["after"]
-    assert len(seconds["down"]) > 100
-    print(f"p99: {p99(normal) * 1000:.2f} ms with the database, "
-          f"{p99(seconds['down']) * 1000:.2f} ms without; {calls} calls")  # fmt: skip
-    assert p99(seconds["down"]) <= p99(normal) + 0.005
 
 
 async def test_what_the_spool_cannot_hold_is_counted_and_the_rest_replayed(
