@@ -288,7 +288,8 @@ def _resolved(host: str) -> set[str]:
 
 
 def _scope(client: OptionReader, providers: Collection[str] | None) -> frozenset[str] | None:
-    """A client's ``providers``: names of ``[providers.NAME]`` tables (None: all)."""
+    """A client's ``providers``: names of ``[providers.NAME]`` and
+    ``[routes.NAME]`` tables (None: all)."""
     given, counted = client.has("providers"), len(client.errors)
     names = client.strings("providers")
     if not given or len(client.errors) > counted:
@@ -300,7 +301,7 @@ def _scope(client: OptionReader, providers: Collection[str] | None) -> frozenset
     if unknown:
         known = ", ".join(providers or ()) or "none"
         listed = ", ".join(repr(n) for n in unknown)
-        client.error("providers", f"no provider named {listed} (the providers: {known})")
+        client.error("providers", f"no provider or route named {listed} (they are: {known})")
     return frozenset(names)
 
 
@@ -361,9 +362,11 @@ def parse_config(
     missing: list[tuple[str, str]] = []
     top = OptionReader(data, "", environ=environ, errors=errors, require_env=require_env,
                        missing_env=missing, reads=reads)  # fmt: skip
-    tables_seen = data.get("providers")
+    tables_seen, routes_seen = data.get("providers"), data.get("routes")
     names = list(tables_seen) if isinstance(tables_seen, Mapping) else None
-    server = _server(top.child(top.table("server") or {}, "server"), errors, names)
+    route_names = list(routes_seen) if isinstance(routes_seen, Mapping) else []
+    targets = None if names is None else [*names, *route_names]  # what a scope may name
+    server = _server(top.child(top.table("server") or {}, "server"), errors, targets)
     providers: dict[str, ProviderConfig] = {}
     tables = top.table("providers")
     if not tables:

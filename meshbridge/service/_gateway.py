@@ -16,7 +16,9 @@ Rules of the gateway:
    is its caller's own, and goes on as it would in-process); the mesh carries
    identity beside the request, so no header can forge it.
 3. One provider name per request: the first path segment, percent-decoded
-   once. That name is the one the client's scope (``providers``) allows or
+   once, the name of a provider or of a route (``[routes.NAME]``, whose
+   split and policies then choose the provider, as for in-process callers).
+   That name is the one the client's scope (``providers``) allows or
    refuses with 403, the one logged and the one routed to; the rest of the
    path goes upstream exactly as it came. Encoded slashes and backslashes,
    dot-segments and control characters are a 400, never forwarded.
@@ -373,7 +375,7 @@ class Gateway:
         if client.providers is not None and name not in client.providers:
             message = f"client {client.name!r} may not use provider {name!r}"
             return _error(403, "permission_error", message)
-        if name not in self.mesh:
+        if name not in self.mesh and name not in self.mesh.routes:
             return self._unknown(name, client)
         expect = ",".join(request.headers.getall("Expect", [])).strip().lower()
         if _expects_continue(request) and expect != "100-continue":
@@ -420,7 +422,8 @@ class Gateway:
 
     def _unknown(self, name: str, client: Caller) -> web.Response:
         scope = client.providers
-        known = sorted(p for p in self.mesh.providers if scope is None or p in scope)
+        names = [*self.mesh.providers, *self.mesh.routes]
+        known = sorted(p for p in names if scope is None or p in scope)
         message = f"no provider named {name!r}; known providers: {', '.join(known) or 'none'}"
         return _error(404, "not_found", message, providers=known)
 
