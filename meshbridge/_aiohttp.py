@@ -19,6 +19,14 @@ An aiohttp upgrade should touch this file only. What we rely on:
 * ``http_writer.StreamWriter``: subclassed to learn the status, body size and
   end of each response, exactly where aiohttp's server writes them.
 * ``StreamReader.total_bytes``: the request body bytes a provider received.
+* Bodies past the parser (the pipe's Rule 6): ``ResponseHandler.feed_data``
+  (its queue of parsed responses), ``_parser``, ``_payload``,
+  ``_reading_paused``, ``_buffer_paused``, ``_upgraded``,
+  ``_reschedule_timeout``, ``RequestHandler._messages``, ``_force_close``,
+  ``_close``, ``_read_bufsize``, ``_max_msg_queue_size``,
+  ``StreamReader._eof``, ``_high_water``, ``_size``,
+  ``StreamWriter._compress``; ``http_exceptions.ContentLengthError``, the
+  error llhttp gives a body cut short, and ``web_protocol.RequestPayloadError``.
 * ``web.Application._handler_args``: what an app asked of its server
   (``handler_args=``), read to honour an access log it configured.
 
@@ -32,18 +40,21 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
-from aiohttp import BaseConnector, ClientRequest, web
+from aiohttp import BaseConnector, ClientRequest, hdrs, web
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.connector import Connection
+from aiohttp.http_exceptions import ContentLengthError
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage, RawResponseMessage
 from aiohttp.http_writer import StreamWriter
 from aiohttp.log import server_logger
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import ERROR as _UNPARSED
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from ._call import Call
 from ._exceptions import StreamBroken
 from ._exchange import EXCHANGE, Exchange
-from ._pipe import PipeEnd
+from ._pipe import MAX_PIECE, PipeEnd
 
 __all__ = ["ConnectorBase", "ResponseHandler", "configures_access_log", "server_protocols"]
 
@@ -62,7 +73,7 @@ class ConnectorBase(BaseConnector):
     async def _create_connection(
         self, req: ClientRequest, traces: list[Any], timeout: Any
     ) -> ResponseHandler:
-        protocol = ResponseHandler(self._loop)
+        protocol = _MeshResponseHandler(self._loop)
         self.open_pipe(req, protocol)
         return protocol
 
@@ -78,6 +89,119 @@ class ConnectorBase(BaseConnector):
         return self._get(req.connection_key, traces)
 
 
+# -- bodies past the parser -----------------------------------------------------------
+#
+# A body whose length its head gave (Content-Length; not chunked, compressed
+# or upgraded) goes from the pipe straight into its StreamReader
+# (``PipeEnd.set_receiver``, the pipe's Rule 6): the bytes objects the pipe
+# delivers, fed as llhttp feeds them but not copied again, in pieces as large
+# as the StreamReader has room for. Flow control is the StreamReader's own (it
+# pauses the protocol, which pauses the pipe). The body moves over right after
+# its head is parsed, unless that piece paused the reader: llhttp then keeps
+# the rest of the piece, and the body stays with llhttp. At the body's end the
+# StreamReader gets its EOF, as from llhttp, and llhttp (which still expects
+# the body) is replaced: by a new one on the server, whose connection parses
+# on; by none on the client, whose next request brings one.
+
+
+class _Body:
+    """A body on its way past the parser: its StreamReader and what is left."""
+
+    __slots__ = ("left", "length", "payload")
+
+    def __init__(self, payload: StreamReader, length: int) -> None:
+        self.payload = payload
+        self.length = length
+        self.left = length - payload.total_bytes
+
+    def room(self) -> int:
+        """What its StreamReader takes before it pauses."""
+        payload = self.payload
+        return payload._high_water - payload._size
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Feed a piece; None, or at the body's end what follows it (b"" for nothing)."""
+        left, size = self.left, len(data)
+        if size < left:
+            self.left = left - size
+            self.payload.feed_data(data)
+            return None
+        self.left = 0
+        self.payload.feed_data(data if size == left else data[:left])
+        return data[left:]
+
+
+def _plain_body(
+    message: RawRequestMessage | RawResponseMessage, payload: StreamReader, protocol: Any
+) -> _Body | None:
+    """The body of ``message`` if it may go past the parser, with bytes still to come."""
+    if message.chunked or message.compression is not None or message.upgrade:
+        return None
+    if protocol._reading_paused or protocol._buffer_paused or protocol._upgraded:
+        return None  # llhttp may hold bytes it has not parsed yet
+    if not isinstance(protocol.transport, PipeEnd):
+        return None
+    length = message.headers.get(hdrs.CONTENT_LENGTH)
+    if length is None or not (length.isascii() and length.isdigit()):
+        return None
+    body = _Body(payload, int(length))
+    return body if body.left > 0 else None
+
+
+class _Unfinished:
+    """Stands in for llhttp when a body past it is cut short: llhttp's error."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: _Body) -> None:
+        self._body = body
+
+    def feed_eof(self) -> None:
+        body = self._body
+        raise ContentLengthError(
+            "Not enough data to satisfy content length header "
+            f"(received {body.length - body.left} of {body.length} bytes)."
+        )
+
+
+class _MeshResponseHandler(ResponseHandler):
+    """aiohttp's client protocol, taking a response body past its parser."""
+
+    _body: _Body | None = None  # the body going past the parser now
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        ResponseHandler.feed_data(self, data, size)  # a parsed response: once per response
+        payload = data[1]
+        if type(payload) is StreamReader and not payload._eof:
+            body = _plain_body(data[0], payload, self)
+            if body is not None:
+                self._body = body
+                assert isinstance(self.transport, PipeEnd)
+                self.transport.set_receiver(self._body_received, body.room)
+
+    def _body_received(self, data: bytes) -> None:
+        self._reschedule_timeout()  # as data_received does: sock_read is per piece
+        body = self._body
+        assert body is not None
+        rest = body.feed(data)
+        if rest is None:
+            return
+        self._body = None
+        assert isinstance(self.transport, PipeEnd)
+        self.transport.set_receiver(None)
+        self._parser = None  # llhttp never saw this body; the next request brings a parser
+        body.payload.feed_eof()
+        if rest:  # bytes past the response: kept unparsed, so the connection is not reused
+            ResponseHandler.data_received(self, rest)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        body = self._body
+        if body is not None:
+            self._body = None
+            self._parser = _Unfinished(body)  # type: ignore[assignment]  # only feed_eof is asked
+        super().connection_lost(exc)
+
+
 class _ObservedWriter(StreamWriter):
     """aiohttp's server writer, telling an Exchange what it writes (set
     ``_exchange`` and ``on_body_write`` right after making one)."""
@@ -90,6 +214,10 @@ class _ObservedWriter(StreamWriter):
         return super().write_headers(status_line, headers)
 
     async def write_eof(self, chunk: bytes = b"") -> None:
+        if len(chunk) > MAX_PIECE and not self.chunked and self._compress is None:
+            # aiohttp would join the head and the body into one new bytes
+            # object; the head goes first, the body by reference.
+            self.send_headers()
         await super().write_eof(chunk)
         transport = self._protocol.transport
         if isinstance(transport, PipeEnd):
@@ -136,11 +264,15 @@ def server_protocols(server: web.Server, bind: Bind) -> Callable[[], asyncio.Pro
         server_logger.warning("Failed to create request handler with custom kwargs %r", kwargs)
         kwargs = {k: v for k, v in kwargs.items() if k in ("debug", "access_log_class")}
 
+    auto_decompress = bool(kwargs.get("auto_decompress", True))
+
     def protocol() -> asyncio.Protocol:
         handler = _MeshRequestHandler(server, loop=loop, **kwargs)
         # A plain function, not a bound method of the handler: no cycle per connection.
         handler._request_factory = request_factory
         handler._exchange = None
+        handler._body = None
+        handler._auto_decompress = auto_decompress
         return handler
 
     return protocol
@@ -153,8 +285,58 @@ class _MeshRequestHandler(RequestHandler):
 
     # The Exchange of the request whose handler starts next: aiohttp's start()
     # calls request_factory, then _handle_request, one request at a time.
-    __slots__ = ("_exchange",)
+    __slots__ = ("_auto_decompress", "_body", "_exchange")
     _exchange: Exchange | None
+    _body: _Body | None  # the request body going past the parser now
+    _auto_decompress: bool  # for the parser that follows a body past the parser
+
+    # -- a request body past the parser (see _Body) --------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        RequestHandler.data_received(self, data)
+        messages = self._messages
+        if messages and self._body is None:  # requests were parsed: the last may have a body
+            message, payload = messages[-1]
+            if type(payload) is StreamReader and not payload._eof:
+                assert isinstance(message, RawRequestMessage)
+                body = _plain_body(message, payload, self)
+                if body is not None:
+                    self._body = body
+                    assert isinstance(self.transport, PipeEnd)
+                    self.transport.set_receiver(self._body_received, body.room)
+
+    def _body_received(self, data: bytes) -> None:
+        if self._force_close or self._close:
+            return  # as data_received: a closing connection reads nothing more
+        body = self._body
+        assert body is not None
+        rest = body.feed(data)
+        if rest is None:
+            return
+        self._body = None
+        assert isinstance(self.transport, PipeEnd)
+        self.transport.set_receiver(None)
+        # llhttp still expects this body: the connection's next request gets a new one.
+        self._parser = HttpRequestParser(
+            self,
+            self._loop,
+            self._read_bufsize,
+            max_line_size=self.max_line_size,
+            max_field_size=self.max_field_size,
+            max_headers=self.max_headers,
+            payload_exception=RequestPayloadError,
+            auto_decompress=self._auto_decompress,
+            max_msg_queue_size=self._max_msg_queue_size,
+        )
+        body.payload.feed_eof()
+        if rest:  # a pipelined request follows
+            self.data_received(rest)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._body = None
+        super().connection_lost(exc)
+
+    # -- what the handler did --------------------------------------------------------
 
     def _handle_request(
         self,
