@@ -272,7 +272,7 @@ class RawClient(asyncio.Protocol):
 
 
 async def test_pipelined_requests_after_a_large_body_are_each_answered() -> None:
-    async def sizes(request: web.Request) -> web.Response:
+    async def sizes(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response(text=f"{request.path} {len(await request.read())}")
 
     server = web.Server(sizes)
