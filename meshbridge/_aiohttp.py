@@ -56,15 +56,17 @@ from ._exceptions import StreamBroken
 from ._exchange import EXCHANGE, Exchange
 from ._pipe import MAX_PIECE, PipeEnd
 
-__all__ = ["ConnectorBase", "ResponseHandler", "configures_access_log", "server_protocols"]
+__all__ = [
+    "ConnectorBase",
+    "ResponseHandler",
+    "ServerProtocol",
+    "configures_access_log",
+    "server_protocols",
+]
 
 log = logging.getLogger("meshbridge")
 
 _ACCESS_LOG_ARGS: Final = frozenset({"access_log", "access_log_class", "access_log_format"})
-
-# Finds the Exchange for a request arriving on a server protocol (or None for
-# traffic that did not come through the mesh's connector).
-Bind = Callable[[web.RequestHandler], Exchange | None]
 
 
 class ConnectorBase(BaseConnector):
@@ -230,14 +232,13 @@ def configures_access_log(app: web.Application) -> bool:
     return not _ACCESS_LOG_ARGS.isdisjoint(handler_args)
 
 
-def server_protocols(server: web.Server, bind: Bind) -> Callable[[], asyncio.Protocol]:
-    """A factory of ``server``'s protocols that attach an Exchange to each
-    request that has one (``bind``) and tell it what the handler did.
-
-    Each protocol is aiohttp's own ``RequestHandler`` (a subclass overriding
-    three hooks, not a wrapper around the app's handler): what a handler can
-    observe is unchanged, and a request costs no extra coroutine frame.
-    """
+def server_protocols(server: web.Server, *, watched: bool) -> Callable[[], ServerProtocol]:
+    """A factory of ``server``'s protocols, each aiohttp's own
+    ``RequestHandler`` (subclassed, not wrapped: what a handler observes is
+    unchanged, and a request costs no extra coroutine frame). A request that
+    comes with an Exchange (``next_exchange``) gets it beside the request and
+    an observing writer; ``watched``: calls are traced or recorded in a ledger,
+    so each handler tells its Call when it starts and returns."""
     make_request = server.request_factory
     loop = server._loop
     kwargs = server._kwargs
@@ -245,48 +246,51 @@ def server_protocols(server: web.Server, bind: Bind) -> Callable[[], asyncio.Pro
     def request_factory(
         message: Any, payload: Any, protocol: Any, writer: Any, task: Any
     ) -> web.BaseRequest:
-        exchange = bind(protocol)
+        request = make_request(message, payload, protocol, writer, task)
+        exchange = protocol.next_exchange
         if exchange is None:
-            return make_request(message, payload, protocol, writer, task)
+            protocol.exchange = None
+            return request
+        protocol.next_exchange = None
+        # The request being handled now: only one at a time per connection. A
+        # request that did not parse is aiohttp's to answer, no handler's.
+        protocol.exchange = exchange if message is not _UNPARSED else None
         exchange.request_body = payload
-        writer = _ObservedWriter(protocol, loop)
+        writer.__class__ = _ObservedWriter  # aiohttp's writer, observed: no second one
         writer._exchange = exchange
         # A method of the exchange, not of the writer: no reference cycle per request.
         writer.on_body_write = exchange.body_written
-        request = make_request(message, payload, protocol, writer, task)
-        request[EXCHANGE] = exchange
-        protocol._exchange = exchange  # for _handle_request, called next
+        request._state[EXCHANGE] = exchange
         return request
 
     try:
-        _MeshRequestHandler(server, loop=loop, **kwargs)
+        ServerProtocol(server, loop=loop, **kwargs)
     except TypeError:  # bad handler_args: what web.Server.__call__ falls back to
         server_logger.warning("Failed to create request handler with custom kwargs %r", kwargs)
         kwargs = {k: v for k, v in kwargs.items() if k in ("debug", "access_log_class")}
 
     auto_decompress = bool(kwargs.get("auto_decompress", True))
+    kind = _WatchedServerProtocol if watched else ServerProtocol
 
-    def protocol() -> asyncio.Protocol:
-        handler = _MeshRequestHandler(server, loop=loop, **kwargs)
+    def protocol() -> ServerProtocol:
+        handler = kind(server, loop=loop, **kwargs)
         # A plain function, not a bound method of the handler: no cycle per connection.
         handler._request_factory = request_factory
-        handler._exchange = None
-        handler._body = None
+        handler.next_exchange = handler.exchange = handler._body = None
         handler._auto_decompress = auto_decompress
         return handler
 
     return protocol
 
 
-class _MeshRequestHandler(RequestHandler):
-    """aiohttp's server protocol, telling each request's Exchange when its
-    handler failed, and its Call when its handler returned (a watched call:
-    traced, or recorded in a ledger), a traced request's running in its span."""
+class ServerProtocol(RequestHandler):
+    """aiohttp's server protocol, taking each request's Exchange from whatever
+    carries the request (``next_exchange``: a link or a relay's upstream sets
+    it before the request's first byte) and telling it when its handler failed."""
 
-    # The Exchange of the request whose handler starts next: aiohttp's start()
-    # calls request_factory, then _handle_request, one request at a time.
-    __slots__ = ("_auto_decompress", "_body", "_exchange")
-    _exchange: Exchange | None
+    __slots__ = ("_auto_decompress", "_body", "exchange", "next_exchange")
+    next_exchange: Exchange | None  # the Exchange of the next request parsed
+    exchange: Exchange | None  # that of the request being handled
     _body: _Body | None  # the request body going past the parser now
     _auto_decompress: bool  # for the parser that follows a body past the parser
 
@@ -338,40 +342,6 @@ class _MeshRequestHandler(RequestHandler):
 
     # -- what the handler did --------------------------------------------------------
 
-    def _handle_request(
-        self,
-        request: web.BaseRequest,
-        start_time: float | None,
-        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-    ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
-        # Called in the connection's task just before it starts the request's
-        # own task (which copies the context); a plain def adds no frame.
-        exchange, self._exchange = self._exchange, None
-        if exchange is not None:
-            call = exchange.call
-            if call.watched:
-                return self._handle_watched(request, start_time, request_handler, call)
-        return super()._handle_request(request, start_time, request_handler)
-
-    async def _handle_watched(
-        self,
-        request: web.BaseRequest,
-        start_time: float | None,
-        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-        call: Call,
-    ) -> tuple[web.StreamResponse, bool]:
-        # The call waits for its handlers before it finishes (_call.py, Rule 3),
-        # and a traced request's span is current in its handler (its own task).
-        call.handler_started()
-        trace = call.trace
-        token = trace.attach() if trace is not None else None
-        try:
-            return await super()._handle_request(request, start_time, request_handler)
-        finally:
-            if trace is not None:
-                trace.detach(token)
-            call.handler_returned()
-
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         # aiohttp waits up to ``timeout`` for the handler, then fails its
         # request's reads and waits up to ``timeout`` again, so a handler that
@@ -395,8 +365,8 @@ class _MeshRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         # aiohttp's answer to a handler that raised (500, or 504 for a
-        # TimeoutError), and to a request it could not parse (message ERROR).
-        exchange = request.get(EXCHANGE) if request._message is not _UNPARSED else None
+        # TimeoutError), and to a request it could not parse.
+        exchange = self.exchange
         if exchange is not None:
             exchange.handler_failed()
         if isinstance(exc, StreamBroken) and request.writer.output_size > 0:
@@ -407,12 +377,50 @@ class _MeshRequestHandler(RequestHandler):
             raise ConnectionError("the response has started; it ends with an error")
         return super().handle_error(request, status, exc, message)
 
-    def finish_response(
-        self, request: web.BaseRequest, resp: object, start_time: float | None
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # Also what aiohttp does, and all it does, when a handler returned no
+        # response (it answers 500) or the request's processing raised.
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.handler_failed()
+        super().log_exception(*args, **kw)
+
+
+class _WatchedServerProtocol(ServerProtocol):
+    """The server protocol of a mesh whose calls are watched (traced, or
+    recorded in a ledger): each handler tells its Call when it starts and
+    returns, and a traced request's handler runs in its span."""
+
+    __slots__ = ()
+
+    def _handle_request(
+        self,
+        request: web.BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
     ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
-        # A handler may return anything; aiohttp answers 500 for a non-response.
-        if not isinstance(resp, web.StreamResponse):
-            exchange = request.get(EXCHANGE)
-            if exchange is not None:
-                exchange.handler_failed()
-        return super().finish_response(request, resp, start_time)  # type: ignore[arg-type]
+        # Called in the connection's task just before it starts the request's
+        # own task (which copies the context); a plain def adds no frame.
+        exchange = self.exchange
+        if exchange is not None and exchange.call.watched:
+            return self._handle_watched(request, start_time, request_handler, exchange.call)
+        return super()._handle_request(request, start_time, request_handler)
+
+    async def _handle_watched(
+        self,
+        request: web.BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        call: Call,
+    ) -> tuple[web.StreamResponse, bool]:
+        # The call waits for its handlers before it finishes (_call.py, Rule 3),
+        # and a traced request's span is current in its handler (its own task).
+        call.handler_started()
+        trace = call.trace
+        token = trace.attach() if trace is not None else None
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            if trace is not None:
+                trace.detach(token)
+            call.handler_returned()

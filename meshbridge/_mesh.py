@@ -254,7 +254,12 @@ class Mesh:
             require_api_key_id=require_api_key_id,
             grace_period=self._grace_period,
             stats=self._stats,
+            watched=self._watched,
         )
+
+    def _watched(self) -> bool:
+        """Whether calls are traced or recorded in a ledger (their handlers counted)."""
+        return self._calls.watched or self._tracing is not None
 
     # -- traffic policies --------------------------------------------------------
 

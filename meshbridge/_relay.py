@@ -155,7 +155,7 @@ class Relay(RelayEnds):
             series = upstream.series = metrics.series(name, source)
             upstream.source = source
         exchange = Exchange(call, name, series, metrics, self._attempt_finished_)
-        upstream._next = upstream.exchange = exchange  # what its server takes next
+        upstream.attempt(exchange)
         d.upstream = upstream
         d.attempt = exchange
         d.guard = guard

@@ -276,7 +276,7 @@ async def test_pipelined_requests_after_a_large_body_are_each_answered() -> None
         return web.Response(text=f"{request.path} {len(await request.read())}")
 
     server = web.Server(sizes)
-    protocols = server_protocols(server, lambda protocol: None)
+    protocols = server_protocols(server, watched=False)
     client = RawClient()
     pipe = Pipe(asyncio.get_running_loop())
     pipe.connect(client, protocols())
