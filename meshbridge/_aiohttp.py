@@ -6,7 +6,8 @@ An aiohttp upgrade should touch this file only. What we rely on:
   hook a connector overrides to make a new connection; we hand back aiohttp's
   own client protocol, ``client_proto.ResponseHandler``, wired to a pipe.
 * ``BaseConnector._loop``: the loop the connector runs on.
-* ``BaseConnector._get``: takes a pooled connection, as ``connect`` does first.
+* ``BaseConnector._get``: takes a pooled connection, as ``connect`` does
+  first; ``Connection._protocol``: the protocol it runs on, to find its channel.
 * ``web.Server.request_factory`` (a public attribute, private type),
   ``_loop`` and ``_kwargs``: the server's own protocol is made here, as
   ``web.Server.__call__`` makes it, as a subclass of
@@ -60,6 +61,7 @@ __all__ = [
     "ConnectorBase",
     "ResponseHandler",
     "ServerProtocol",
+    "channel_of",
     "configures_access_log",
     "server_protocols",
 ]
@@ -72,23 +74,26 @@ _ACCESS_LOG_ARGS: Final = frozenset({"access_log", "access_log_class", "access_l
 class ConnectorBase(BaseConnector):
     """A ``BaseConnector`` whose connections are made by :meth:`open_pipe`."""
 
+    # A pooled connection for a connection key, or None: the first thing
+    # ``BaseConnector.connect`` tries, without the rest of it.
+    pooled = BaseConnector._get
+
     async def _create_connection(
         self, req: ClientRequest, traces: list[Any], timeout: Any
     ) -> ResponseHandler:
         protocol = _MeshResponseHandler(self._loop)
-        self.open_pipe(req, protocol)
+        protocol.channel = self.open_pipe(req, protocol)
         return protocol
 
-    def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:
-        """Connect ``protocol`` to a provider (calls its ``connection_made``)."""
+    def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> object:
+        """Connect ``protocol`` to a provider (calls its ``connection_made``);
+        return the channel it runs on (see :func:`channel_of`)."""
         raise NotImplementedError
 
-    def pooled(
-        self, req: ClientRequest, traces: list[Any]
-    ) -> Coroutine[Any, Any, Connection | None]:
-        """A pooled connection for ``req``, or None: the first thing
-        ``BaseConnector.connect`` tries (``_get``), without the rest of it."""
-        return self._get(req.connection_key, traces)
+
+def channel_of(conn: Connection) -> Any:
+    """What ``open_pipe`` returned for the connection ``conn`` runs on."""
+    return conn._protocol.channel  # type: ignore[union-attr]
 
 
 # -- bodies past the parser -----------------------------------------------------------
@@ -169,7 +174,14 @@ class _Unfinished:
 class _MeshResponseHandler(ResponseHandler):
     """aiohttp's client protocol, taking a response body past its parser."""
 
-    _body: _Body | None = None  # the body going past the parser now
+    # Slots, not instance attributes: one added after aiohttp's __init__ would
+    # turn the instance's attributes into a plain dict, slower to read.
+    __slots__ = ("_body", "channel")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.channel: object = None  # what the connector's open_pipe returned for it
+        self._body: _Body | None = None  # the body going past the parser now
 
     def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
         ResponseHandler.feed_data(self, data, size)  # a parsed response: once per response
@@ -208,6 +220,7 @@ class _ObservedWriter(StreamWriter):
     """aiohttp's server writer, telling an Exchange what it writes (set
     ``_exchange`` and ``on_body_write`` right after making one)."""
 
+    __slots__ = ("_exchange",)  # see _MeshResponseHandler
     _exchange: Exchange
 
     def write_headers(self, status_line: str, headers: Any) -> Coroutine[Any, Any, None]:
@@ -222,7 +235,7 @@ class _ObservedWriter(StreamWriter):
             self.send_headers()
         await super().write_eof(chunk)
         transport = self._protocol.transport
-        if isinstance(transport, PipeEnd):
+        if type(transport) is PipeEnd:
             transport.when_flushed(self._exchange.body_delivered)
 
 
@@ -246,20 +259,22 @@ def server_protocols(server: web.Server, *, watched: bool) -> Callable[[], Serve
     def request_factory(
         message: Any, payload: Any, protocol: Any, writer: Any, task: Any
     ) -> web.BaseRequest:
-        request = make_request(message, payload, protocol, writer, task)
         exchange = protocol.next_exchange
         if exchange is None:
             protocol.exchange = None
-            return request
+            return make_request(message, payload, protocol, writer, task)
         protocol.next_exchange = None
         # The request being handled now: only one at a time per connection. A
         # request that did not parse is aiohttp's to answer, no handler's.
         protocol.exchange = exchange if message is not _UNPARSED else None
         exchange.request_body = payload
-        writer.__class__ = _ObservedWriter  # aiohttp's writer, observed: no second one
+        # A writer of our own, made as start() made aiohttp's (changing the class
+        # of aiohttp's costs more: CPython turns its attributes into a slow dict).
+        writer = _ObservedWriter(protocol, loop)
         writer._exchange = exchange
         # A method of the exchange, not of the writer: no reference cycle per request.
         writer.on_body_write = exchange.body_written
+        request = make_request(message, payload, protocol, writer, task)
         request._state[EXCHANGE] = exchange
         return request
 
@@ -296,18 +311,30 @@ class ServerProtocol(RequestHandler):
 
     # -- a request body past the parser (see _Body) --------------------------------
 
-    def data_received(self, data: bytes) -> None:
-        RequestHandler.data_received(self, data)
+    def expect_body(self) -> None:
+        """The next request has a body: look for one of known length as its
+        head is parsed (a request without one costs nothing of this)."""
+        transport = self.transport
+        if type(transport) is PipeEnd and self._body is None:
+            transport.set_receiver(self._watch_for_body)
+
+    def _watch_for_body(self, data: bytes) -> None:
+        self.data_received(data)
         messages = self._messages
-        if messages and self._body is None:  # requests were parsed: the last may have a body
-            message, payload = messages[-1]
-            if type(payload) is StreamReader and not payload._eof:
-                assert isinstance(message, RawRequestMessage)
-                body = _plain_body(message, payload, self)
-                if body is not None:
-                    self._body = body
-                    assert isinstance(self.transport, PipeEnd)
-                    self.transport.set_receiver(self._body_received, body.room)
+        if not messages:
+            return  # no head parsed yet (or its request already taken by start())
+        transport = self.transport
+        assert type(transport) is PipeEnd
+        message, payload = messages[-1]
+        body = None
+        if type(payload) is StreamReader and not payload._eof:
+            assert isinstance(message, RawRequestMessage)
+            body = _plain_body(message, payload, self)
+        if body is None:
+            transport.set_receiver(None)
+        else:
+            self._body = body
+            transport.set_receiver(self._body_received, body.room)
 
     def _body_received(self, data: bytes) -> None:
         if self._force_close or self._close:

@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import ClientRequest, ClientTimeout
 from aiohttp.connector import Connection
 
-from ._aiohttp import ConnectorBase
+from ._aiohttp import ConnectorBase, channel_of
 from ._call import Call
 from ._exceptions import MeshError, MissingAPIKeyID
 from ._link import Channel, Link
 from ._metrics import MeshMetrics, method_label
-from ._pipe import PipeEnd
 from ._provider import RUNNING, Provider
 from ._relay import Relay
 from ._routing import check_name
@@ -116,8 +115,8 @@ class MeshConnector(ConnectorBase):
         wanted = None if governed else provider
         # A pooled connection first, as BaseConnector.connect does; a new one
         # is made by _create_connection, told how through _opener.
-        conn = await self.pooled(req, traces)
-        channel = _channel_of(conn) if conn is not None else None
+        conn = await self.pooled(req.connection_key, traces)
+        channel: Channel | None = channel_of(conn) if conn is not None else None
         while conn is None or channel is None or not channel.serves(name, wanted):
             if conn is not None:
                 conn.close()  # a link to a provider that was replaced: never reuse it
@@ -131,7 +130,7 @@ class MeshConnector(ConnectorBase):
                 conn = await super().connect(req, traces, timeout)
             finally:
                 _opener.reset(token)
-            channel = _channel_of(conn)
+            channel = channel_of(conn)
         method = method_label(req.method)
         origin = current_origin.get()
         tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
@@ -147,18 +146,11 @@ class MeshConnector(ConnectorBase):
         channel.begin(call, req)
         return conn
 
-    def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:
+    def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> Channel:
         opener = _opener.get()
         if opener is None:
             raise MeshError("MeshConnector.connect() must be used to open connections")
-        opener(protocol, req.is_ssl())
-
-
-def _channel_of(conn: Connection) -> Channel | None:
-    """The channel (a direct link or a relay) a connection runs on."""
-    transport = conn.transport
-    owner = transport.pipe.owner if isinstance(transport, PipeEnd) else None
-    return owner if isinstance(owner, Channel) else None
+        return opener(protocol, req.is_ssl())
 
 
 def _open_link(

@@ -91,7 +91,8 @@ class Exchange:
         # Told when it finishes: the relay whose attempt it is. None on a direct
         # link, where the one attempt is the call, which it ends.
         self.listener = listener
-        self._started = perf_counter()
+        # A direct link's one attempt starts with its call; a relay's later ones later.
+        self._started = perf_counter() if listener is not None else call.started
         call.attempts += 1
         if series is not None:
             series.in_flight += 1
@@ -119,10 +120,6 @@ class Exchange:
             if self._series is not None:
                 self._series.handler_errors += 1
 
-    def body_delivered(self) -> None:
-        """The whole response reached the caller's side of the connection."""
-        self.finish(ERROR if self.failed else COMPLETED)
-
     def connection_closed(self, by_caller: bool) -> None:
         """The connection closed before the body was delivered."""
         if self.status == 101 and not self.failed:
@@ -143,10 +140,14 @@ class Exchange:
         if ttft is not None:
             self._series.first_token_after(label, ttft)
 
-    def finish(self, outcome: str) -> None:
+    def finish(self, outcome: str | None = None) -> None:
+        """The attempt ended as ``outcome``; by default, its whole response
+        reached the caller's side of the connection (``body_delivered``)."""
         if self.finished:
             return
         self.finished = True
+        if outcome is None:
+            outcome = ERROR if self.failed else COMPLETED
         self.outcome = outcome
         duration = perf_counter() - self._started
         trace = self.call.trace
@@ -168,6 +169,8 @@ class Exchange:
             self.listener(self)
         else:
             self.call.end(self.status, outcome)
+
+    body_delivered = finish  # the name the server's writer calls it by: no extra frame
 
 
 # Where a provider's request keeps its Exchange: a typed key of the request's

@@ -130,7 +130,10 @@ class Link(Channel):
         else:
             self._open = [e for e in still_open if not e.finished]
             self._open.append(exchange)
-        self._server.next_exchange = exchange
+        server = self._server
+        server.next_exchange = exchange
+        if req.body:  # a Payload: let a body of known length skip the parser
+            server.expect_body()
 
     def _closed(self, by_client: bool) -> Exception | None:
         # What the caller's protocol is told. A provider that closes before its

@@ -155,7 +155,9 @@ class Relay(RelayEnds):
             series = upstream.series = metrics.series(name, source)
             upstream.source = source
         exchange = Exchange(call, name, series, metrics, self._attempt_finished_)
-        upstream.attempt(exchange)
+        upstream.exchange = upstream.server.next_exchange = exchange  # its server's next request
+        if d.sized_body:
+            upstream.server.expect_body()
         d.upstream = upstream
         d.attempt = exchange
         d.guard = guard

@@ -40,10 +40,6 @@ class Upstream(asyncio.Protocol):
         self.source: Source | None = None
         self.pipe, self.server = provider.open_pipe(self, self, self._pipe_closed, secure=secure)
 
-    def attempt(self, exchange: Exchange) -> None:
-        """``exchange`` is the attempt whose request the relay sends next."""
-        self.exchange = self.server.next_exchange = exchange
-
     def _pipe_closed(self, by_client: bool) -> Exception | None:
         exchange = self.exchange
         if exchange is not None and not exchange.finished:
