@@ -15,9 +15,13 @@ WORKDIR /tmp/meshbridge
 COPY pyproject.toml README.md ./
 COPY meshbridge ./meshbridge
 COPY providers ./providers
-RUN pip install . \
+# [postgres]: the usage ledger's PostgreSQL driver ([ledger] url = "postgresql://...").
+# The ledger's default SQLite file and its spool live in XDG_STATE_HOME.
+RUN pip install ".[postgres]" \
     && rm -rf /tmp/meshbridge \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin meshbridge
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin meshbridge \
+    && install -d -o meshbridge -g meshbridge -m 0700 /var/lib/meshbridge
+ENV XDG_STATE_HOME=/var/lib/meshbridge
 
 WORKDIR /
 USER meshbridge

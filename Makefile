@@ -55,18 +55,23 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Real Prometheus (prometheus, promtool) and docker-compose for the ops tests.
-# Installed only where missing, saying what and why; no system service is left
-# running. Nothing is installed when everything is there.
+# Real Prometheus (prometheus, promtool) and docker-compose for the ops tests,
+# and redis-server for the shared limit store's tests (started by the tests
+# themselves, on free ports), and a real PostgreSQL server for the usage
+# ledger's tests (they start their own cluster in a temp dir). Installed only
+# where missing, saying what and why; no system service is left running.
+# Nothing is installed when everything is there.
 system-deps:
 	@missing=""; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "system-deps: installing Debian packages$$missing (promtool and a real Prometheus, docker-compose: tests/ops)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	    for svc in prometheus prometheus-node-exporter; do \
+	    for svc in prometheus prometheus-node-exporter redis-server postgresql; do \
 	      (command -v systemctl >/dev/null 2>&1 && systemctl stop $$svc) >/dev/null 2>&1 || true; \
 	      (command -v service >/dev/null 2>&1 && service $$svc stop) >/dev/null 2>&1 || true; \
 	    done; \

@@ -25,7 +25,11 @@ Where things are:
 ``python -m benchmarks soak [--quick]`` is the soak (``soak.py``, its checks
 in ``soak_check.py``): tens of thousands of requests ending every way through
 one Mesh, then every request counted by outcome and nothing left behind.
-``python -m benchmarks versions`` (``versions.py``, ``make bench-versions``)
+``python -m benchmarks chaos [--quick]`` (``chaos.py``; the upstream it
+switches in ``chaos_upstream.py``, its two targets in ``chaos_targets.py``,
+``serve`` in ``chaos_serve.py``, the tables in ``chaos_report.py``) drives a
+hundred callers per target through failures and reports what the traffic
+policies did. ``python -m benchmarks versions`` (``versions.py``, ``make bench-versions``)
 runs the unary and streaming workloads under each Python's venv and merges
 them into one table of ratios per version.
 """

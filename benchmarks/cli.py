@@ -1,9 +1,12 @@
 """The command line: ``python -m benchmarks [--smoke|--quick] [--rounds N] [--only W]
 [--json PATH] [--no-valgrind]``, and ``python -m benchmarks soak [--quick]`` (see ``soak.py``),
 ``slowloris``, ``policies [--quick]`` (what traffic policies cost, see
-``policies.py``), ``workers [--quick]`` (gateway throughput with 1 and 2
-workers, see ``workers.py``) and ``versions`` (the unary and streaming
-workloads under each Python's venv, one table, see ``versions.py``)."""
+``policies.py``), ``limits [--quick]`` (what limits cost, see ``limits.py``),
+``ledger [--quick] [--postgres URL]`` (what the usage ledger costs and
+sustains, see ``ledger.py``), ``workers [--quick]`` (gateway throughput with
+1 and 2 workers, see ``workers.py``), ``chaos [--quick|--smoke]`` (traffic
+policies under failures, see ``chaos.py``) and ``versions`` (the unary and
+streaming workloads under each Python's venv, one table, see ``versions.py``)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import policies, slowloris, soak, valgrind, versions, workers
+from . import chaos, ledger, limits, policies, slowloris, soak, valgrind, versions, workers
 from .apart import serve_main
 from .contenders import CONTENDERS
 from .report import summarize, table, valgrind_target, write_json
@@ -103,6 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return soak.main(argv[1:])
     if argv[:1] == ["policies"]:
         return policies.main(argv[1:])
+    if argv[:1] == ["chaos"]:
+        return chaos.main(argv[1:])
+    if argv[:1] == ["limits"]:
+        return limits.main(argv[1:])
+    if argv[:1] == ["ledger"]:
+        return ledger.main(argv[1:])
     if argv[:1] == ["workers"]:
         return workers.main(argv[1:])
     if argv[:1] == ["versions"]:

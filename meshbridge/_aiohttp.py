@@ -245,13 +245,13 @@ def configures_access_log(app: web.Application) -> bool:
     return not _ACCESS_LOG_ARGS.isdisjoint(handler_args)
 
 
-def server_protocols(server: web.Server, *, watched: bool) -> Callable[[], ServerProtocol]:
+def server_protocols(server: web.Server) -> Callable[[], ServerProtocol]:
     """A factory of ``server``'s protocols, each aiohttp's own
     ``RequestHandler`` (subclassed, not wrapped: what a handler observes is
     unchanged, and a request costs no extra coroutine frame). A request that
     comes with an Exchange (``next_exchange``) gets it beside the request and
-    an observing writer; ``watched``: calls are traced or recorded in a ledger,
-    so each handler tells its Call when it starts and returns."""
+    an observing writer; the handler of a watched call (traced, recorded in a
+    ledger, or admitted by a limiter) tells its Call when it starts and returns."""
     make_request = server.request_factory
     loop = server._loop
     kwargs = server._kwargs
@@ -285,10 +285,9 @@ def server_protocols(server: web.Server, *, watched: bool) -> Callable[[], Serve
         kwargs = {k: v for k, v in kwargs.items() if k in ("debug", "access_log_class")}
 
     auto_decompress = bool(kwargs.get("auto_decompress", True))
-    kind = _WatchedServerProtocol if watched else ServerProtocol
 
     def protocol() -> ServerProtocol:
-        handler = kind(server, loop=loop, **kwargs)
+        handler = ServerProtocol(server, loop=loop, **kwargs)
         # A plain function, not a bound method of the handler: no cycle per connection.
         handler._request_factory = request_factory
         handler.next_exchange = handler.exchange = handler._body = None
@@ -412,13 +411,9 @@ class ServerProtocol(RequestHandler):
             exchange.handler_failed()
         super().log_exception(*args, **kw)
 
-
-class _WatchedServerProtocol(ServerProtocol):
-    """The server protocol of a mesh whose calls are watched (traced, or
-    recorded in a ledger): each handler tells its Call when it starts and
-    returns, and a traced request's handler runs in its span."""
-
-    __slots__ = ()
+    # A watched call (traced, recorded in a ledger, or admitted by a limiter,
+    # which may be set after the provider started): its handlers tell it when
+    # they start and return, and a traced request's handler runs in its span.
 
     def _handle_request(
         self,

@@ -17,9 +17,10 @@ Rules of the call:
 3. It finishes after it ended and once no handler of its attempts is still
    running: a streaming handler reports its usage in a ``finally`` after the
    body reached the caller, or after the caller left. Finishing ends its span,
-   hands its :class:`CallRecord` to the ledger and settles its limits. Only a
-   call somebody watches (tracing, a ledger) counts its handlers; the others
-   finish as they end, and cost nothing more.
+   hands its :class:`CallRecord` to the ledger and settles its limits with
+   what was reported. Only a call somebody watches (tracing, a ledger,
+   limits that admitted it) counts its handlers; the others finish as they
+   end, and cost nothing more.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import logging
 from time import perf_counter, time, time_ns
 from typing import TYPE_CHECKING, Final
 
+from ._limit_rules import Refusal, Ticket
+from ._limiter import Limiter
+from ._limits import TokenUsage
 from ._record import CallRecord, LedgerSink, uuid7
 from ._source import Source
 
@@ -101,12 +105,14 @@ class Call:
         "duration",
         "ended",
         "fallback",
+        "limits",
         "method",
         "outcome",
         "path",
         "peer",
         "provider",
         "reason",
+        "refusal",
         "source",
         "started",
         "status",
@@ -149,6 +155,10 @@ class Call:
         # or (set with its span) it is traced.
         self.watched = calls.watched
         self.usage: Usage | None = None
+        # Per-caller limits: the limiter and ticket to settle when it finishes,
+        # or the refusal the mesh answers instead of reaching a provider.
+        self.limits: tuple[Limiter, Ticket] | None = None
+        self.refusal: Refusal | None = None
         self._inside = 0  # handlers of its attempts running (Rule 3)
         self._finished = False
         self._ended_ns: int | None = None  # when it ended, if it finishes later
@@ -233,28 +243,31 @@ class Call:
                 ledger.record(self.record())
             except Exception:  # a ledger must never break the caller's call
                 log.exception("meshbridge: the ledger failed to take a call's record")
+        if self.limits is not None:
+            self._settle(*self.limits)
+
+    def _settle(self, limiter: Limiter, ticket: Ticket) -> None:
+        """Debit what the call used from its limits (its reservation when it
+        reached a provider that reported nothing; nothing when it reached none)."""
+        usage = self.usage
+        if usage is not None:
+            tokens: TokenUsage | None = TokenUsage.from_counts(
+                usage.input, usage.output, usage.cache_read, usage.cache_write
+            )
+            limiter.settle_nowait(ticket, tokens, usage.response_model)
+        else:
+            limiter.settle_nowait(ticket, None if self.attempts else TokenUsage())
 
     def record(self) -> CallRecord:
         """The call as the ledger keeps it."""
         started = time() - (perf_counter() - self.started)
         usage = self.usage
-        trace_id = self.trace.trace_id if self.trace is not None else None
-        tokens: dict[str, int | None] = dict.fromkeys(
-            ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
-        )
-        if usage is not None:
-            tokens = {
-                "input_tokens": usage.input + usage.cache_read + usage.cache_write,
-                "output_tokens": usage.output,
-                "cached_input_tokens": usage.cache_read,
-                "reasoning_tokens": usage.reasoning,
-            }
-        return CallRecord(
+        record = CallRecord(
             id=uuid7(started),
             started=started,
             duration=self.duration,
             ttfb=self.ttfb,
-            ttft=usage.ttft if usage is not None else None,
+            ttft=None,
             source=self.source,
             api_key_id=self.api_key_id,
             client=self.client,
@@ -268,10 +281,16 @@ class Call:
             path=self.path[:_MAX_PATH],
             status=self.status,
             outcome=self.outcome or "error",
-            request_model=usage.request_model if usage is not None else None,
-            response_model=usage.response_model if usage is not None else None,
-            tool_calls=tuple(usage.tool_calls) if usage is not None else (),
-            trace_id=trace_id,
-            prompt=usage.prompt if usage is not None else None,
-            **tokens,
+            trace_id=self.trace.trace_id if self.trace is not None else None,
         )
+        if usage is not None:
+            record.ttft = usage.ttft
+            record.request_model = usage.request_model
+            record.response_model = usage.response_model
+            record.input_tokens = usage.input + usage.cache_read + usage.cache_write
+            record.output_tokens = usage.output
+            record.cached_input_tokens = usage.cache_read
+            record.reasoning_tokens = usage.reasoning
+            record.tool_calls = tuple(usage.tool_calls)
+            record.prompt = usage.prompt
+        return record

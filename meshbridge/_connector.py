@@ -19,10 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientRequest, ClientTimeout
 from aiohttp.connector import Connection
+from aiohttp.payload import BytesPayload
 
 from ._aiohttp import ConnectorBase, channel_of
 from ._call import Call
+from ._estimate import Estimate
 from ._exceptions import MeshError, MissingAPIKeyID
+from ._limit_rules import Refusal, Ticket
+from ._limiter import Limiter
+from ._limits import CallIdentity, TokenUsage
 from ._link import Channel, Link
 from ._metrics import MeshMetrics, method_label
 from ._provider import RUNNING, Provider
@@ -112,9 +117,64 @@ class MeshConnector(ConnectorBase):
             raise MissingAPIKeyID(provider.name)
         if provider.state != RUNNING:
             await provider.wait_started()
+        origin = current_origin.get()
+        limiter = self._mesh._limiter
+        admitted: Ticket | None = None
+        refusal: Refusal | None = None
+        if limiter is not None:
+            client = origin[0] if origin is not None else None
+            identity = CallIdentity(source, api_key_id, client, first, name)
+            plan = limiter.plan(identity)
+            if plan is not None:
+                estimate = await _estimate(limiter, req) if plan.estimates else None
+                admission = (
+                    limiter.admit_now(identity, estimate, plan)
+                    if limiter.synchronous
+                    else await limiter.admit(identity, estimate)
+                )
+                if isinstance(admission, Refusal):
+                    refusal = admission
+                    governed = True  # the mesh answers it itself, from a relay
+                elif admission is not None and admission.owes:
+                    admitted = admission  # settled when the call finishes
+        try:
+            conn, channel = await self._channel(req, traces, timeout, name, provider, governed)
+        except BaseException:
+            if admitted is not None and limiter is not None:
+                limiter.settle_nowait(admitted, TokenUsage())  # it reached no provider
+            raise
+        method = method_label(req.method)
+        tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
+        # The span starts (reading the request's trace headers) before anything
+        # is counted, so nothing a caller sends can leave a count behind.
+        trace = None
+        if tracing is not None:
+            trace = tracing.start(req, name, source, method, relayed=channel.governed)
+        call = Call(self._calls, name, first, source, api_key_id, method, req.url.raw_path, origin)
+        if trace is not None:
+            call.trace = trace
+            call.watched = True
+        if admitted is not None and limiter is not None:
+            call.limits = (limiter, admitted)  # settled when the call finishes
+            call.watched = True  # after its handlers reported their usage
+        elif refusal is not None:
+            call.refusal = refusal
+        channel.begin(call, req)
+        return conn
+
+    async def _channel(
+        self,
+        req: ClientRequest,
+        traces: list[Any],
+        timeout: ClientTimeout,
+        name: str,
+        provider: Provider,
+        governed: bool,
+    ) -> tuple[Connection, Channel]:
+        """A pooled connection for ``name`` first, as ``BaseConnector.connect``
+        does; a new one is made by ``_create_connection``, told how through
+        ``_opener``: a relay for a governed name, else a link to ``provider``."""
         wanted = None if governed else provider
-        # A pooled connection first, as BaseConnector.connect does; a new one
-        # is made by _create_connection, told how through _opener.
         conn = await self.pooled(req.connection_key, traces)
         channel: Channel | None = channel_of(conn) if conn is not None else None
         while conn is None or channel is None or not channel.serves(name, wanted):
@@ -131,26 +191,22 @@ class MeshConnector(ConnectorBase):
             finally:
                 _opener.reset(token)
             channel = channel_of(conn)
-        method = method_label(req.method)
-        origin = current_origin.get()
-        tracing = self._mesh._tracing  # None unless tracing is on (_otel.py)
-        # The span starts (reading the request's trace headers) before anything
-        # is counted, so nothing a caller sends can leave a count behind.
-        trace = None
-        if tracing is not None:
-            trace = tracing.start(req, name, source, method, relayed=channel.governed)
-        call = Call(self._calls, name, first, source, api_key_id, method, req.url.raw_path, origin)
-        if trace is not None:
-            call.trace = trace
-            call.watched = True
-        channel.begin(call, req)
-        return conn
+        return conn, channel
 
     def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> Channel:
         opener = _opener.get()
         if opener is None:
             raise MeshError("MeshConnector.connect() must be used to open connections")
         return opener(protocol, req.is_ssl())
+
+
+async def _estimate(limiter: Limiter, req: ClientRequest) -> Estimate:
+    """What a call may use, for its reservation: from its JSON body when the
+    request holds it whole (``json=``, ``data=bytes``), else from its size."""
+    body = req.body  # a Payload, or b"" for none
+    data = await body.as_bytes() if isinstance(body, BytesPayload) else None
+    size = None if req.chunked else (body.size if body else 0)
+    return limiter.estimate(req.method, req.url.raw_path, data, size)
 
 
 def _open_link(

@@ -1,12 +1,14 @@
 """A call's state in the relay: where it stands (a table of phases), the
 request bytes it holds, its limits in time.
 
-Pure bookkeeping for ``_relay.py``: nothing here moves bytes or reads a clock.
+Pure bookkeeping for ``_relay.py``: nothing here moves bytes, and the clock
+is read only where a breaker is given its verdict.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
@@ -101,6 +103,27 @@ class Dispatch:
         self.first_byte: float | None = None  # first_byte_timeout: this attempt's head
         self.last_chunk: float | None = None  # once committed, with an idle_timeout
         self.timer: asyncio.TimerHandle | None = None  # backoff or fault delay
+
+    def judge(self, reason: int | str, status: int) -> bool:
+        """Whether the running attempt, ended with ``reason`` (a status or a
+        condition) and ``status``, failed for its breaker (Rule 6 of the
+        relay): in its ``on``, or a half-open probe's 5xx."""
+        ticket, guard = self.ticket, self.guard
+        if ticket is None or guard is None:
+            return False
+        return reason in guard.breaker_on or (not ticket.closed and status >= 500)
+
+    def verdict(self, failed: bool | None, clock: Callable[[], float]) -> None:
+        """Give the running attempt's breaker its one verdict (Rule 6 of the
+        relay); None: no verdict (never sent, or the caller left). The clock
+        is read only when the breaker's state may change."""
+        ticket, self.ticket = self.ticket, None
+        if ticket is None:
+            return
+        if failed is None:
+            ticket.cancel(clock())
+        elif failed or not ticket.closed:  # a closed breaker's success changes nothing
+            ticket.done(clock(), failed)
 
     @property
     def retried(self) -> bool:

@@ -21,6 +21,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ._call import Calls
 from ._connector import MeshConnector
+from ._limiter import Limiter
 from ._metrics import Family, MeshMetrics
 from ._pipe import PipeStats
 from ._policy import Policy, Route
@@ -71,6 +72,10 @@ class Mesh:
         ledger: where every call's :class:`CallRecord` goes when it ends (a
             :class:`LedgerSink`, such as ``meshbridge.service.Ledger``); the
             mesh starts it and, once its providers stopped, closes it.
+        limiter: limits and budgets per caller (a :class:`Limiter`): every
+            call it applies to is admitted before its provider is reached
+            (or answered 429) and settled when it ends. Its metrics go on
+            :attr:`registry`; the mesh closes it.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class Mesh:
         clock: Clock | None = None,
         tracer_provider: object | None = None,
         ledger: LedgerSink | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         if grace_period < 0:
             raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
@@ -100,6 +106,9 @@ class Mesh:
             if not isinstance(ledger, LedgerSink):
                 raise TypeError(f"ledger must have record(), start() and aclose(), got {ledger!r}")
             self._calls.set_ledger(ledger)
+        self._limiter: Limiter | None = None
+        if limiter is not None:
+            self.set_limiter(limiter)
         self._stats = PipeStats()
         self._state = _NEW
         self._background: set[asyncio.Task[None]] = set()
@@ -254,12 +263,29 @@ class Mesh:
             require_api_key_id=require_api_key_id,
             grace_period=self._grace_period,
             stats=self._stats,
-            watched=self._watched,
         )
 
-    def _watched(self) -> bool:
-        """Whether calls are traced or recorded in a ledger (their handlers counted)."""
-        return self._calls.watched or self._tracing is not None
+    # -- limits and budgets ---------------------------------------------------------
+
+    @property
+    def limiter(self) -> Limiter | None:
+        """The limits and budgets calls are admitted by (None: none)."""
+        return self._limiter
+
+    def set_limiter(self, limiter: Limiter | None) -> None:
+        """Admit calls by ``limiter`` from the next one on (None: no limits).
+
+        Calls admitted by the previous limiter settle on it, and its metrics
+        leave the registry; it is not closed here (its store may be the new
+        one's): close it with ``await old.aclose(close_store=...)``. To change
+        the limits of the same store, :meth:`Limiter.reconfigure` is simpler.
+        """
+        old = self._limiter
+        if old is not None and old is not limiter:
+            old.unregister_metrics()  # the new one's families replace its own
+        if limiter is not None and self._metrics is not None:
+            limiter.register_metrics(self.registry)
+        self._limiter = limiter
 
     # -- traffic policies --------------------------------------------------------
 
@@ -381,6 +407,8 @@ class Mesh:
         ledger = self._calls.ledger
         if ledger is not None and running:
             await ledger.aclose()  # after the providers: every call has ended
+        if self._limiter is not None:
+            await self._limiter.aclose()  # its last settlements, then its store
 
     async def __aenter__(self) -> Mesh:
         await self.start()

@@ -1,8 +1,9 @@
 """The rules for names that code chooses and metrics use as labels.
 
 Provider names become URL hosts and the ``provider`` label; sources become the
-``source`` label. Both are short lower-case words, checked by one function
-so their rules and messages cannot drift apart. Pure: no I/O, no state.
+``source`` label and limit names the ``limit`` label. All are short lower-case
+words, checked by one function so their rules and messages cannot drift
+apart. Pure: no I/O, no state.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["PROVIDER", "SOURCE", "NameRule"]
+__all__ = ["LIMIT", "PROVIDER", "SOURCE", "NameRule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,4 +52,10 @@ SOURCE: Final = NameRule(
     "source",
     re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*"),
     "lower-case letters, digits, '-' or '_'",
+)
+LIMIT: Final = NameRule(
+    "limit name",
+    re.compile(r"[a-z0-9]+(?:[-_][a-z0-9]+)*"),
+    "lower-case letters, digits, '-' or '_'",
+    ", because the name is the limit label of meshbridge_limited_total",
 )

@@ -44,7 +44,6 @@ class Provider:
         require_api_key_id: bool,
         grace_period: float,
         stats: PipeStats,
-        watched: Callable[[], bool] = lambda: False,
     ) -> None:
         if not isinstance(app, web.Application):
             raise TypeError(f"provider {name!r}: expected an aiohttp.web.Application, got {app!r}")
@@ -60,7 +59,6 @@ class Provider:
         self._stats = stats
         self.state = NEW
         self._runner: web.AppRunner | None = None
-        self._watched = watched  # whether the mesh's calls are traced or recorded
         self._protocols: Callable[[], ServerProtocol] | None = None  # the server's
         self._started: asyncio.Future[None] | None = None
         self._tls: ssl.SSLContext | None = None
@@ -109,7 +107,7 @@ class Provider:
         server = runner.server
         assert server is not None
         self._runner = runner
-        self._protocols = server_protocols(server, watched=self._watched())
+        self._protocols = server_protocols(server)
         self.state = RUNNING
         started.set_result(None)
 

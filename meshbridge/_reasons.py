@@ -25,6 +25,7 @@ class Reason(StrEnum):
     UNAVAILABLE = "unavailable"  # the provider is not running
     RATE_LIMITED = "rate-limited"  # a per-caller limit's window is full
     BUDGET_EXHAUSTED = "budget-exhausted"  # a per-caller budget is spent
+    STORE_UNAVAILABLE = "store-unavailable"  # the limits' store is down, and closed
     # time limits (the 504 of a call answered before its head is "timeout")
     TIMEOUT = "timeout"  # the call's whole timeout
     FIRST_BYTE_TIMEOUT = "first-byte-timeout"  # no response head in time

@@ -13,7 +13,7 @@ by the gateway's client table, never a key.
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 __all__ = ["CallRecord", "LedgerSink", "uuid7"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CallRecord:
     """One caller request through the mesh, as it ended.
 
@@ -101,14 +101,17 @@ class LedgerSink(Protocol):
     async def aclose(self) -> None: ...
 
 
+# Random bits of ids (uniqueness, not secrecy: ids are not credentials), from
+# a generator of the module's own, seeded from the OS: nobody's random.seed()
+# repeats them.
+_random = random.Random().getrandbits
+
+
 def uuid7(unix_seconds: float | None = None) -> str:
-    """A UUIDv7 (RFC 9562) as text: 48 bits of milliseconds, then random bits."""
+    """A UUIDv7 (RFC 9562) as text: 48 bits of milliseconds, then random bits:
+    unique, and ordered by time (what the ledger keys its rows by)."""
     ms = int((time.time() if unix_seconds is None else unix_seconds) * 1000)
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76  # version
-    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a, 12 bits
-    value |= 0b10 << 62  # variant
-    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
-    h = f"{value:032x}"
+    rand = _random(74)
+    value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62
+    h = f"{value | (rand & 0x3FFFFFFFFFFFFFFF):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

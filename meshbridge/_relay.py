@@ -40,7 +40,7 @@ Rules of the relay:
    timeouts and a connection that broke are failures whatever ``on`` says; an
    answer that ended well is a success (a half-open probe's only if it is
    neither in ``on`` nor a 5xx); a call the caller left, or one never sent,
-   gets none. Every verdict goes through :meth:`Relay._verdict`.
+   gets none. Every verdict goes through :meth:`Dispatch.verdict`.
 7. After the commit the caller's connection follows the provider's: when the
    committed attempt's connection closes (a body read to its end, an
    upgraded connection, a provider that hangs up), the caller's closes too,
@@ -86,6 +86,12 @@ class Relay(RelayEnds):
         body = req.body  # a Payload, or b"" for none
         d = self._dispatch = Dispatch(call, None if req.chunked else (body.size if body else 0))
         self._committed = None
+        refusal = call.refusal
+        if refusal is not None:  # a per-caller limit: the provider is never reached
+            d.replayable = False
+            reason = Reason(refusal.reason)
+            self._answer(d, refusal.status, reason, refusal.retry_after, refusal.message)
+            return
         guard = self._guards.get(call.provider)
         if guard is None:  # a route's provider without a policy
             d.replayable = False  # nothing to try again: keep nothing
@@ -140,7 +146,7 @@ class Relay(RelayEnds):
                 return
         provider = self._router._table.get(name)
         if provider is None or provider.state != RUNNING:
-            self._verdict(d, self._judge(d, Reason.CONNECT_FAILURE, 0))
+            d.verdict(d.judge(Reason.CONNECT_FAILURE, 0), self._traffic.clock)
             if not self._again(d, Reason.CONNECT_FAILURE, None):
                 message = f"provider {name!r} is not running"
                 self._answer(d, 503, Reason.UNAVAILABLE, None, message)
@@ -195,7 +201,7 @@ class Relay(RelayEnds):
             self._answer(d, 503, Reason.CIRCUIT_OPEN, wait, message)
 
     def _overloaded(self, d: Dispatch, guard: Guard) -> None:
-        self._verdict(d, None)  # never sent: no verdict
+        d.verdict(None, self._traffic.clock)  # never sent: no verdict
         self._count(Family.REJECTED, guard.name, d.call.source, Reason.OVERLOADED)
         first = self._guards.get(d.candidates[0])
         if first is not None and first.fallback_on_overload and self._fall_back(d):
@@ -243,25 +249,6 @@ class Relay(RelayEnds):
     def _past_deadline(self, d: Dispatch, delay: float) -> bool:
         return d.deadline is not None and self._time() + delay >= d.deadline
 
-    def _judge(self, d: Dispatch, reason: int | str, status: int) -> bool:
-        """Whether an attempt that ended with ``reason`` (a status or a
-        condition) and ``status`` failed, for its breaker (Rule 6)."""
-        ticket, guard = d.ticket, d.guard
-        if ticket is None or guard is None:
-            return False
-        return reason in guard.breaker_on or (not ticket.closed and status >= 500)
-
-    def _verdict(self, d: Dispatch, failed: bool | None) -> None:
-        """Give the running attempt's breaker its one verdict (Rule 6); None:
-        no verdict (never sent, or the caller left)."""
-        ticket, d.ticket = d.ticket, None
-        if ticket is None:
-            return
-        if failed is None:
-            ticket.cancel(self._traffic.clock())
-        elif failed or not ticket.closed:  # a closed breaker's success changes nothing
-            ticket.done(self._traffic.clock(), failed)
-
     def _end_attempt(self, d: Dispatch, *, outcome: str | None = None) -> None:
         """Stop the current attempt (Rule 4); ``outcome``: what it ended as, if
         it is cut rather than let finish."""
@@ -272,7 +259,7 @@ class Relay(RelayEnds):
             d.phase = Phase.WAITING
         d.head = None
         d.first_byte = None
-        self._verdict(d, None)  # an attempt judged already has no ticket left
+        d.verdict(None, self._traffic.clock)  # an attempt judged already has no ticket left
         if d.live is not None:
             d.live.in_flight -= 1
             d.live = None
@@ -326,9 +313,9 @@ class Relay(RelayEnds):
         ticket = d.ticket
         if ticket is not None and guard is not None:
             if reason in guard.breaker_on or (not ticket.closed and status >= 500):
-                self._verdict(d, True)  # a failure is judged at once
+                d.verdict(True, self._traffic.clock)  # a failure is judged at once
             elif retry:
-                self._verdict(d, False)  # an answer, though one worth another try
+                d.verdict(False, self._traffic.clock)  # an answer, though one worth another try
             # else a success is judged when the response has ended (Rule 6)
         if retry and self._again(d, reason, retry_after(head, end)):
             return
@@ -381,7 +368,7 @@ class Relay(RelayEnds):
                 if ticket.closed:
                     d.ticket = None  # changes nothing: no clock, no call
                 else:
-                    self._verdict(d, self._judge(d, exchange.status, exchange.status))
+                    d.verdict(d.judge(exchange.status, exchange.status), self._traffic.clock)
             if self._caller.get_write_buffer_size():
                 self._caller.when_flushed(partial(self._done, d, COMPLETED))
             else:
@@ -402,7 +389,7 @@ class Relay(RelayEnds):
                 message = f"provider {d.call.provider!r} closed the connection mid-response"
                 self._cut(d, message)
             return
-        self._verdict(d, True)  # closed before answering: a reset
+        d.verdict(True, self._traffic.clock)  # closed before answering: a reset
         if not self._again(d, Reason.CONNECT_FAILURE, None):
             self._end_attempt(d)
             self._done(d, ERROR)
@@ -437,7 +424,7 @@ class Relay(RelayEnds):
         d.first_byte = None
         call = d.call
         self._count(Family.TIMEOUTS, call.provider, call.source, Reason.FIRST_BYTE_TIMEOUT)
-        self._verdict(d, True)  # the mesh's own timeout: a failure (Rule 6)
+        d.verdict(True, self._traffic.clock)  # the mesh's own timeout: a failure (Rule 6)
         exchange, upstream = d.attempt, d.upstream
         if exchange is not None and upstream is not None:
             exchange.finish(ERROR)  # a timed-out attempt is an error, not a cancellation
@@ -453,7 +440,7 @@ class Relay(RelayEnds):
         if d.phase == Phase.COMMITTED:
             self._cut(d, "the request's timeout passed mid-response")
             return
-        self._verdict(d, True)  # a hanging provider is a failure (Rule 6)
+        d.verdict(True, self._traffic.clock)  # a hanging provider is a failure (Rule 6)
         self._end_attempt(d, outcome=ERROR)
         self._answer(d, 504, Reason.TIMEOUT, None, "the request's timeout passed")
 
@@ -482,7 +469,7 @@ class Relay(RelayEnds):
 
     def _cut(self, d: Dispatch, reason: str) -> None:
         """End a committed response with an error on the caller's side (Rule 5)."""
-        self._verdict(d, True)
+        d.verdict(True, self._traffic.clock)
         self._end_attempt(d, outcome=ERROR)
         self._done(d, ERROR)
         self._lose(ConnectionResetError(reason))

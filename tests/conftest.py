@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -11,6 +12,37 @@ from aiohttp import web
 from meshbridge import Mesh
 
 from .helpers import MeshFactory
+from .postgres import PostgresServer, running_postgres
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A state directory of the test run's own (XDG_STATE_HOME), for this
+    process and the ones it starts: `serve` and `demo` keep their usage
+    ledger there by default, never in the home directory of whoever runs the tests."""
+    before = os.environ.get("XDG_STATE_HOME")
+    state = tmp_path_factory.mktemp("state")
+    state.chmod(0o700)
+    os.environ["XDG_STATE_HOME"] = str(state)
+    yield
+    if before is None:
+        del os.environ["XDG_STATE_HOME"]
+    else:
+        os.environ["XDG_STATE_HOME"] = before
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL for the session (tests/postgres.py); skipped when
+    not installed, a failure under CI=true."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's PostgreSQL."""
+    return postgres_server.new_database()
 
 
 @pytest.fixture

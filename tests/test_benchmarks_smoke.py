@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from benchmarks import chaos
 from benchmarks.apps import aiohttp_app
+from benchmarks.chaos_targets import LIMIT, POLICY
 from benchmarks.contenders import CONTENDERS
 from benchmarks.floor import CannedApp
 from benchmarks.soak_check import compare
@@ -214,3 +216,83 @@ def test_the_cost_of_traffic_policies_is_measured(tmp_path: Path) -> None:
     assert figures["retried"]["ratio"] > 0
     # a retried 32 KiB body is kept once for its replay, never more than the limit
     assert 32 * 1024 <= figures["kept"]["body_32k"] <= figures["kept"]["replay_limit"]
+
+
+def test_the_chaos_benchmark_takes_both_targets_through_every_phase_and_back(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "chaos.json"
+    done = run_benchmarks("chaos", "--smoke", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr == ""  # what the run logs is counted in its report, not printed
+    assert done.stdout.rstrip().endswith("OK"), done.stdout[-3000:]
+    doc = json.loads(out.read_text())
+    targets = ("in-process", "serve → remote")
+    rows = [(row["phase"], row["target"]) for row in doc["phases"]]
+    assert rows == [(phase.name, target) for phase in chaos.SMOKE.phases() for target in targets]
+    retries = POLICY.retries
+    for target in targets:
+        mine = [row for row in doc["phases"] if row["target"] == target]
+        steady = mine[0]
+        assert steady["calls"] > 0
+        assert steady["ok"] == 1.0, steady["outcomes"]  # a healthy upstream, no fault of its own
+        totals: Counter[str] = Counter()
+        for row in mine:
+            totals.update(row["counters"])
+        assert totals["to_open"] >= 1  # 529s, a hang, resets and flapping open the circuit
+        assert totals["calls"] == sum(sum(row["outcomes"].values()) for row in mine)
+        # each call: at most 1 + retries attempts upstream, then one on the fallback
+        assert totals["upstream"] + totals["fallback"] <= (retries + 2) * totals["calls"]
+        after = doc["capacity"][target]
+        assert after["closed_after"] >= 0  # the circuit closed again (NaN never is)
+        assert (after["left_before"], after["left_after"]) == (0, 0)
+        assert (after["held"], after["overloaded"]) == (LIMIT, 0)
+    served = doc["capacity"]["serve → remote"]
+    assert (served["serve_held"], served["serve_overloaded"], served["serve_left"]) == (
+        LIMIT,
+        0,
+        0,
+    )
+    assert served["serve_reloads"] == chaos.SMOKE.serve_reloads
+    assert not Path(f"/proc/{doc['serve_pid']}").exists()  # stopped, not left running
+
+
+def test_the_cost_of_limits_is_measured(tmp_path: Path) -> None:
+    out = tmp_path / "limits.json"
+    done = run_benchmarks("limits", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr == ""
+    figures = json.loads(out.read_text())
+    # figures only (no timing asserted): every row was measured, Redis where installed
+    expected = {"none", "unmatched", "one_rpm", "in_process"}
+    assert set(figures) in (expected, expected | {"redis"})
+    assert all(row["cpu_us"] > 0 for row in figures.values())
+
+
+@pytest.mark.integration
+def test_the_cost_and_the_throughput_of_the_ledger_are_measured(tmp_path: Path) -> None:
+    out = tmp_path / "ledger.json"
+    done = run_benchmarks("ledger", "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    # figures only (no timing asserted): every row was measured
+    assert set(figures) == {
+        "sequential",
+        "concurrent_64",
+        "gateway_sequential",
+        "gateway_64",
+        "rows_per_second",
+        "summary_seconds",
+        "summary_rows",
+    }
+    assert figures["rows_per_second"]["sqlite"] > 0
+    assert set(figures["summary_seconds"]) == {
+        "total",
+        "key",
+        "source",
+        "client",
+        "provider",
+        "model",
+        "day",
+    }
+    assert figures["sequential"]["ledger_loop_us"] > 0

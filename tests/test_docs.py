@@ -120,7 +120,17 @@ def test_every_metric_family_is_in_the_reference_with_its_labels(reference: Modu
 
 def test_the_cli_reference_has_every_command(reference: ModuleType) -> None:
     helps = reference.cli_help()
-    assert set(helps) == {"", "check", "routes", "serve", "reload", "demo", "kinds"}
+    assert set(helps) == {
+        "",
+        "check",
+        "routes",
+        "serve",
+        "reload",
+        "demo",
+        "kinds",
+        "limits",
+        "usage",
+    }
     assert "--workers N" in helps["serve"]
     assert "--worker " not in helps["serve"]
 

@@ -42,9 +42,11 @@ def test_importing_the_core_loads_no_other_layer_and_no_toml_parser() -> None:
         env=env,
     ).stdout.split()
     assert "meshbridge" in loaded
-    assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib"))]
+    assert not [m for m in loaded if is_under(m, (*UPPER, "providers", "tomllib", "redis"))]
     # tracing is optional and lazy: installed (the SDKs depend on it) yet not loaded
     assert not [m for m in loaded if is_under(m, ("opentelemetry", "meshbridge._otel"))]
+    # the usage ledger's storage is the service's: installed, not loaded by the core
+    assert not [m for m in loaded if is_under(m, ("sqlalchemy", "alembic", "psycopg"))]
 
 
 @pytest.mark.parametrize("statement", ["import providers", "from providers import fake"])
@@ -148,7 +150,7 @@ def test_the_wheel_built_from_the_sdist_installs_the_meshbridge_package_only(
     assert {"Documentation", "Changelog", "Source"} <= urls
     # development tools are dependency groups, never extras users would see
     extras = {h.removeprefix("Provides-Extra: ") for h in headers if h.startswith("Provides-")}
-    assert extras == {"otel"}
+    assert extras == {"otel", "redis", "postgres"}
 
 
 @pytest.mark.parametrize(

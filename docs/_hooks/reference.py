@@ -74,6 +74,17 @@ url = "http://127.0.0.1:9"
 
 [routes.chat]
 split = { fake = 1 }
+
+[limits.sample]
+match = { source = "agents" }
+requests_per_minute = 1
+
+[prices."gpt-x"]
+input = 1.0
+cached_input = 0.5
+output = 2.0
+
+[store]
 """
 SAMPLE_ENV = {"CLIENT_TOKEN": "a-client-token", "PEER_SECRET": "p" * 32}
 
@@ -83,6 +94,9 @@ _PLACEHOLDERS = (
     (re.compile(r"^server\.peers\.peer(?=\.|$)"), "server.peers.NAME"),
     (re.compile(r"^routes\.chat\.split\.fake$"), "routes.NAME.split.PROVIDER"),
     (re.compile(r"^routes\.chat(?=\.|$)"), "routes.NAME"),
+    (re.compile(r"^limits\.sample\.match\.\w+$"), "limits.NAME.match.KEY"),
+    (re.compile(r"^limits\.sample(?=\.|$)"), "limits.NAME"),
+    (re.compile(r'^prices\."gpt-x"(?=\.|$)'), "prices.MODEL"),
 )
 
 

@@ -9,12 +9,20 @@ It builds on the core (``meshbridge``) and the provider kinds
         await service.reloader.reload()          # what SIGHUP does
 
 ``main`` is the ``meshbridge`` command; ``run_demo`` is ``meshbridge demo``.
+
+The usage ledger::
+
+    ledger = Ledger(LedgerConfig(url="postgresql://..."), registry=registry)
+    mesh = Mesh(registry=registry, ledger=ledger)    # every call, one row
+    reader = LedgerReader(LedgerConfig(url="postgresql://..."))
+    reader.summary(UsageFilter(since=...), group_by="key")
 """
 
 from __future__ import annotations
 
 from meshbridge import ConfigError
 
+from ._admin_gate import AdminGate
 from ._cli import main
 from ._config import (
     ClientConfig,
@@ -27,19 +35,33 @@ from ._config import (
 )
 from ._demo import run_demo
 from ._gateway import Gateway
+from ._ledger import Ledger
+from ._ledger_config import LedgerConfig
+from ._ledger_query import LedgerReader, UsageFilter, UsageRow
+from ._limits_config import LimitsConfig, StoreConfig
+from ._redis_store import RedisStore
 from ._reload import Reloader, mesh_from_config
 from ._service import Service, pid_file_for, serve_until_signalled
 
 __all__ = [
+    "AdminGate",
     "ClientConfig",
     "Config",
     "ConfigError",
     "Gateway",
+    "Ledger",
+    "LedgerConfig",
+    "LedgerReader",
+    "LimitsConfig",
     "PeerConfig",
     "ProviderConfig",
+    "RedisStore",
     "Reloader",
     "ServerConfig",
     "Service",
+    "StoreConfig",
+    "UsageFilter",
+    "UsageRow",
     "load_config",
     "main",
     "mesh_from_config",

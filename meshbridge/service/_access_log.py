@@ -2,6 +2,9 @@
 request (logger ``meshbridge.access``), also for what never reached a
 handler (malformed HTTP, head timeouts), where nothing of the request is
 repeated. The gateway notes on each request what the line reports.
+
+Once the line is written, the app's ``ON_END`` callbacks are told how the
+request ended (the usage ledger's record of a refusal: ``_refusals.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ from aiohttp import web
 
 from ._peer_auth import Caller
 
-__all__ = ["CLIENT", "PROVIDER", "RESPONSE", "SENT", "access_log", "log_rejected"]
+__all__ = [
+    "CLIENT",
+    "HANDED",
+    "ON_END",
+    "PROVIDER",
+    "RESPONSE",
+    "SENT",
+    "Ended",
+    "access_log",
+    "log_rejected",
+]
 
 log = logging.getLogger("meshbridge.access")
 
@@ -25,8 +38,12 @@ CLIENT: Final = web.RequestKey("meshbridge_client", Caller)
 PROVIDER: Final = web.RequestKey("meshbridge_provider", str)
 RESPONSE: Final = web.RequestKey("meshbridge_response", web.StreamResponse)
 SENT: Final = web.RequestKey("meshbridge_sent", int)  # body bytes relayed so far
+HANDED: Final = web.RequestKey("meshbridge_handed", bool)  # to the mesh, which records the call
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Told of each request's end: (request, response or None, outcome, seconds).
+Ended = Callable[[web.Request, web.StreamResponse | None, str, float], None]
+ON_END: Final = web.AppKey("meshbridge_on_end", list[Ended])
 
 
 @web.middleware
@@ -46,7 +63,10 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         response, outcome = exc, "completed"
         raise
     finally:
-        _log(request, response, outcome, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        _log(request, response, outcome, seconds)
+        for ended in request.app.get(ON_END, ()):
+            ended(request, response, outcome, seconds)
 
 
 def _log(

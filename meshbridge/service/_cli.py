@@ -6,7 +6,9 @@ meshbridge routes CONFIG     print the router table: name, kind, upstream, optio
 meshbridge serve CONFIG      serve the providers over HTTP (SIGHUP reloads;
                              --workers N: N processes on one port)
 meshbridge reload CONFIG     make the running `serve` of CONFIG reload it
+meshbridge limits CONFIG     each limit's use and what remains (--format table|json)
 meshbridge demo              fake providers under a live workload, /metrics on --listen
+meshbridge usage CONFIG      summaries (--group-by) and calls (--calls) from the usage ledger
 meshbridge kinds             list the installed provider kinds
 """
 
@@ -25,8 +27,10 @@ from meshbridge.providers import kinds
 
 from ._config import Config, load_config, parse_listen
 from ._demo import run_demo
+from ._limits_cli import show_limits
 from ._pidfile import PidFileError, pid_file_for, read_pid_file, running_serve, signal_serve
 from ._service import Service, serve_until_signalled
+from ._usage_cli import add_usage_parser, usage
 from ._worker import WorkerSpec, run_worker
 from ._workers import supervise
 
@@ -99,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="signal this pid, once /proc shows it is `meshbridge serve` (of CONFIG, if given)",
     )
+    limits = commands.add_parser(
+        "limits", help="each limit's current use and remaining budget (a shared store)"
+    )
+    limits.add_argument("config", type=Path, metavar="CONFIG")
+    limits.add_argument("--format", choices=("table", "json"), default="table")
     demo = commands.add_parser("demo", help="fake providers under a live workload")
     demo.add_argument(
         "--config", type=Path, metavar="FILE", help="a config instead of the built-in one"
@@ -117,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         help="stop after this long (default: Ctrl-C)",
     )
     demo.add_argument("--access-log", action="store_true", help="log every outside request")
+    add_usage_parser(commands)
     commands.add_parser("kinds", help="list the installed provider kinds")
     return parser
 
@@ -247,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the ledger logs its own upgrades
     if args.command == "check":
         return check(args.config, no_env=args.no_env)
     if args.command == "routes":
@@ -259,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return reload(args.config, args.pid)
     if args.command == "kinds":
         return list_kinds()
+    if args.command == "limits":
+        return show_limits(args.config, args.format)
+    if args.command == "usage":
+        return usage(args)
 
     if not args.access_log:
         logging.getLogger("meshbridge.access").setLevel(logging.WARNING)

@@ -11,6 +11,8 @@ table configures ``meshbridge serve``::
     source = "api"
     [server.peers.edge]              # another meshbridge, signing with key id "1"
     secret_env = "MESHBRIDGE_PEER_SECRET"
+    [ledger]                         # the usage ledger (see _ledger_config.py)
+    retention_days = 30
     [providers.local]
     kind = "fake"
 
@@ -41,6 +43,8 @@ from aiohttp import web
 from meshbridge import ConfigError, Policy, Route, Source, check_api_key_id, check_provider_name
 from meshbridge.providers import KeyRead, Kind, OptionReader, Plan, ProviderContext, kinds
 
+from ._ledger_config import LedgerConfig, parse_ledger
+from ._limits_config import LimitsConfig, parse_limits
 from ._peer_auth import PeerConfig, parse_peers
 from ._policies import check_names, parse_policy, parse_route
 from ._toml import MAX_DEPTH, read_toml, too_deep
@@ -76,6 +80,7 @@ class ClientConfig:
     source: Source
     api_key_id: str | None = None
     providers: frozenset[str] | None = None  # the providers it may use (None: all)
+    admin: bool = False  # its token also opens the admin API (see _admin_gate.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,8 @@ class ServerConfig:
     max_connections: int = 1024  # per listener; beyond it, a 503 and close
     admin: tuple[str, int] | None = None  # admin_listen: /metrics and /readyz apart
     peers: tuple[PeerConfig, ...] = ()  # other meshbridges whose signed requests pass the gate
+    admin_token: str | None = field(default=None, repr=False)  # admin_token_env's value
+    admin_api_public: bool = False  # the admin API on `listen` too, not only `admin_listen`
     trust_trace_context: bool = False  # continue outside callers' traceparent and baggage
 
     @property
@@ -129,6 +136,8 @@ class Config:
     providers: Mapping[str, ProviderConfig]
     missing_env: tuple[tuple[str, str], ...] = ()
     routes: Mapping[str, Route] = field(default_factory=dict)  # [routes.NAME]
+    limits: LimitsConfig = field(default_factory=LimitsConfig)  # [limits.*], [prices.*], [store]
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)  # [ledger]
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -191,9 +200,10 @@ def _server(
         key_id = client.string("api_key_id", "")
         api_key_id = _checked(client, "api_key_id", check_api_key_id, key_id) if key_id else None
         scope = _scope(client, providers)
+        admin = client.boolean("admin", False)
         client.check_unknown()
         if token and source is not None:
-            clients.append(ClientConfig(name, token, source, api_key_id, scope))
+            clients.append(ClientConfig(name, token, source, api_key_id, scope, admin))
     server = ServerConfig(
         host=address[0] if address else d.host,
         port=address[1] if address else d.port,
@@ -211,10 +221,27 @@ def _server(
         ),
         admin=_admin_listen(reader, address),
         peers=parse_peers(reader, providers, _scope),
+        admin_token=_admin_token(reader, tokens),
+        admin_api_public=reader.boolean("admin_api_public", False),
         trust_trace_context=reader.boolean("trust_trace_context", d.trust_trace_context),
     )
     reader.check_unknown()
     return server
+
+
+def _admin_token(reader: OptionReader, tokens: Mapping[str, str]) -> str | None:
+    """``admin_token_env``'s token: as long as a client's, and none of theirs."""
+    from_env = reader.env("admin_token_env")
+    if not from_env or not from_env[1]:
+        return None
+    token = from_env[1]
+    if len(token) < _MIN_TOKEN_LEN:
+        reader.error("admin_token_env", f"expected a token of at least {_MIN_TOKEN_LEN} characters")
+        return None
+    if token in tokens:
+        reader.error("admin_token_env", f"the same token as server.clients.{tokens[token]}")
+        return None
+    return token
 
 
 def _seconds(reader: OptionReader, key: str, default: float) -> float:
@@ -366,13 +393,19 @@ def parse_config(
         route = parse_route(top.child(raw, where))
         if route is not None:
             routes[name] = route
+    here = Path(path).absolute().parent  # relative SQLite paths are from the config's folder
+    ledger = parse_ledger(top.child(top.table("ledger") or {}, "ledger"), here)
     policies = {n: p.policy for n, p in providers.items() if p.policy is not None}
     if tables and len(providers) == len(tables):  # names are only checked against a whole table
         check_names(providers, policies, routes, errors)
+    raw_server = data.get("server")
+    raw_clients = raw_server.get("clients") if isinstance(raw_server, Mapping) else None
+    clients = list(raw_clients) if isinstance(raw_clients, Mapping) else []
+    limits = parse_limits(top, providers=names or (), routes=list(routes), clients=clients)
     top.check_unknown()
     if errors:
         raise ConfigError(errors, path)
-    return Config(Path(path), server, providers, tuple(missing), routes)
+    return Config(Path(path), server, providers, tuple(missing), routes, limits, ledger)
 
 
 def load_config(

@@ -91,6 +91,12 @@ circuit_breaker = {{ failures = 5, interval = 5.0, open_for = 2.0, half_open = 2
 # Callers of http://chat/... go to flaky or local-anthropic by weight.
 [routes.chat]
 split = {{ flaky = 80, local-anthropic = 20 }}
+
+# The batch callers share a budget of calls per minute: past it the mesh
+# answers 429 (rate-limited, with Retry-After) before any provider is reached.
+[limits.batch]
+match = {{ source = "batch" }}
+requests_per_minute = 40
 """
 _CIRCUIT: Final = {0.0: "closed", 0.5: "half-open", 1.0: "open"}
 _VARIANTS: Final = (200, 300)  # tokens_per_second of `local`, swapped at each reload
@@ -113,6 +119,7 @@ class Row:
 
     requests: int = 0
     errors: int = 0
+    limited: int = 0  # answered 429 by the mesh's limits
     cancelled: int = 0
     tokens: int = 0
     latencies: list[float] = field(default_factory=list)
@@ -226,6 +233,12 @@ class Demo:
         row.requests += 1
         try:
             async with session.post(base + path, json=body, headers=headers) as response:
+                if response.status == 429 and "x-meshbridge-reason" in response.headers:
+                    await response.read()
+                    row.limited += 1  # a caller over its limit waits, as it is told
+                    wait = float(response.headers.get("Retry-After", "1"))
+                    await asyncio.sleep(min(wait, 1.0))
+                    return
                 if response.status != 200:
                     await response.read()
                     row.errors += 1
@@ -349,6 +362,13 @@ class Demo:
             return sum(v for k, v in totals.items() if k[0] == name and wanted <= set(k[1:]))
 
         lines = []
+        limiter = self.service.mesh.limiter
+        for limit in limiter.limits if limiter is not None else ():
+            refused = total("meshbridge_limited_total", limit=limit.name)
+            lines.append(
+                f"limit {limit.name}: {refused:.0f} calls over it answered 429 (Retry-After) "
+                "before reaching a provider"
+            )
         for route in self.routes:
             calls = total("meshbridge_calls_total", target=route)
             ok = sum(
@@ -389,12 +409,13 @@ class Demo:
 
     def summary(self) -> str:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        head = ("provider", "source", "via", "requests", "errors", "cancelled",
+        head = ("provider", "source", "via", "requests", "errors", "429", "cancelled",
                 "p50 ms", "p95 ms", "ttft ms", "tokens", "tokens/s")  # fmt: skip
         lines = [head]
         for (provider, source, route), r in sorted(self.rows.items()):
             lines.append((
-                provider, source, route, str(r.requests), str(r.errors), str(r.cancelled),
+                provider, source, route, str(r.requests), str(r.errors), str(r.limited),
+                str(r.cancelled),
                 f"{_percentile(r.latencies, 0.5) * 1000:.0f}",
                 f"{_percentile(r.latencies, 0.95) * 1000:.0f}",
                 f"{_percentile(r.ttfts, 0.5) * 1000:.0f}" if r.ttfts else "-",
@@ -442,6 +463,8 @@ async def run_demo(
             url, first = service.url, demo.providers[0]
             out.write(f"meshbridge demo: serving {', '.join(service.mesh.providers)} on {url}\n")
             out.write(f"  metrics: {url}/metrics\n")
+            if service.ledger is not None:
+                out.write(f"  usage ledger: {service.ledger.where} (meshbridge usage)\n")
             if demo.client is not None:
                 token = demo.client.token if variant_file is not None else "<your token>"
                 out.write(
@@ -471,5 +494,8 @@ async def run_demo(
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         out.write("\n" + demo.summary() + "\n")
+        if service.ledger is not None:
+            written = service.ledger.metrics.written
+            out.write(f"usage ledger: {written} calls recorded in {service.ledger.where}\n")
         out.flush()
         return 0

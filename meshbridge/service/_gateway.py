@@ -37,9 +37,13 @@ Rules of the gateway:
 7. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
    shutting down) and ``/metrics`` (the mesh registry) need no token. With
    ``admin_listen`` they are served on that listener only (``/healthz`` on
-   both), and the admin listener serves nothing else.
+   both), and the admin listener serves nothing else but the admin API
+   (``/admin/api/...``, behind its own gate: ``_admin_gate.py``).
 8. One structured access-log line per request (``_access_log.py``),
    also for what never reached a handler (malformed HTTP, head timeouts).
+9. A request the gateway refuses after the gate knew its caller is recorded
+   in the usage ledger as that caller's call (``_refusals.py``); what the
+   mesh was handed, the mesh records.
 
 The connection-level rules (timeouts, the connection cap, fixed answers to
 malformed HTTP, the ``Server`` header) are in ``_http_guard.py``.
@@ -68,7 +72,8 @@ from meshbridge import (
 )
 from meshbridge.providers import PEER_HEADER
 
-from ._access_log import CLIENT, PROVIDER, RESPONSE, SENT, access_log, log_rejected
+from ._access_log import CLIENT, HANDED, ON_END, PROVIDER, RESPONSE, SENT, access_log, log_rejected
+from ._admin_gate import AdminGate
 from ._config import ClientConfig, ServerConfig
 from ._edge_trace import TRACE_HEADERS, EdgeTracing, edge_tracing
 from ._http_guard import (
@@ -81,7 +86,9 @@ from ._http_guard import (
 )
 from ._http_guard import json_error as _error
 from ._peer_auth import Caller, PeerGate
+from ._refusals import record_refusals
 from ._reload import Reloader
+from ._usage_api import UsageAPI
 
 __all__ = ["Gateway"]
 
@@ -139,6 +146,14 @@ class Gateway:
         self.peers = PeerGate(self.mesh.registry, lambda: self.settings.peers)
         self.worker: int | None = None  # its index under `serve --workers`, for /healthz
         self.metrics: Handler | None = None  # /metrics, if not the mesh registry's own
+        self.ledger = reloader.ledger
+        self.admin_gate = AdminGate(
+            lambda: self.settings, admin_apart=self.admin_apart, not_found=self._no_route
+        )
+        self.usage = UsageAPI(
+            lambda: self.reloader.config.ledger if self.ledger is not None else None,
+            self.admin_gate,
+        )
 
     rejected = staticmethod(log_rejected)  # the listener's access lines (_http_guard.py)
 
@@ -158,12 +173,15 @@ class Gateway:
     def app(self) -> web.Application:
         """The server's ``web.Application`` (public and admin routes)."""
         app = web.Application(middlewares=[track_requests, access_log])
+        if self.ledger is not None:
+            app[ON_END] = [record_refusals(self.ledger)]
         app.on_response_prepare.append(server_header)
         app.cleanup_ctx.append(self._mesh_session)
         routes: list[tuple[str, str, Handler]] = [
             ("GET", "/healthz", self._healthz),
             ("GET", "/readyz", self._admin(self._readyz)),
             ("GET", "/metrics", self._admin(self.metrics or self.mesh.metrics_handler())),
+            *self.usage.routes(),
             ("*", "/{provider}/{tail:.*}", self._forward),
             ("*", "/{tail:.*}", self._no_route),
         ]
@@ -178,6 +196,7 @@ class Gateway:
             self._session = session
             yield
         self._session = None
+        await self.usage.close()
 
     # -- routes ----------------------------------------------------------------
 
@@ -207,7 +226,7 @@ class Gateway:
 
     async def _no_route(self, request: web.Request) -> web.Response:
         if self._on_admin(request):
-            message = "the admin listener serves /metrics, /healthz and /readyz"
+            message = "the admin listener serves /metrics, /healthz, /readyz and /admin/api/"
         elif self.admin_apart:
             message = "use /<provider>/... or /healthz"
         else:
@@ -315,6 +334,7 @@ class Gateway:
                     identity.enter_context(use_source(client.source))
                 if client.api_key_id is not None:
                     identity.enter_context(use_api_key_id(client.api_key_id))
+                request[HANDED] = True
                 upstream = await self._session.request(
                     request.method,
                     url,
@@ -322,12 +342,13 @@ class Gateway:
                     data=body or None,
                     skip_auto_headers=_NO_AUTO_HEADERS,
                 )
-        except ProviderNotFound:
-            return self._unknown(name, client)  # unregistered by a reload meanwhile
-        except MissingAPIKeyID:
-            message = f"provider {name!r} requires an API key id; client {client.name!r} has none"
-            return _error(403, "permission_error", message)
         except MeshError as exc:
+            request[HANDED] = False  # refused before the mesh made it a call
+            if isinstance(exc, ProviderNotFound):
+                return self._unknown(name, client)  # unregistered by a reload meanwhile
+            if isinstance(exc, MissingAPIKeyID):
+                message = f"provider {name!r} requires an API key id; {client.name!r} has none"
+                return _error(403, "permission_error", message)
             return _error(503, "unavailable", f"provider {name!r} is unavailable: {exc}")
         async with upstream:
             return await self._relay(request, upstream)

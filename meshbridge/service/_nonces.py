@@ -17,12 +17,16 @@ can live where the server's processes can all reach it:
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from meshbridge.providers import NonceCache, SignatureError
 
-__all__ = ["LocalNonces", "NonceStore", "NoncesFull"]
+__all__ = ["LocalNonces", "NonceStore", "NoncesFull", "SharedNonces"]
+
+log = logging.getLogger("meshbridge")
 
 
 class NoncesFull(Exception):
@@ -79,3 +83,52 @@ class LocalNonces(NonceStore):
                 raise NoncesFull(str(exc)) from None
             return False
         return True
+
+
+class FirstUse(Protocol):
+    """A shared store's atomic "first use of this name within ttl seconds"."""
+
+    async def first_use(self, name: str, ttl: float) -> bool: ...
+
+
+class SharedNonces(NonceStore):
+    """Nonces in the store shared by every replica (``[store] url``: Redis),
+    so a signature replayed to another replica is refused too.
+
+    When the store does not answer, the nonce is checked in ``fallback``
+    (this server's own store) and a warning is logged once per outage: a
+    replay to another replica may pass meanwhile, a replay to this one never.
+
+    Args:
+        store: the shared store (``RedisStore``).
+        fallback: the server's own nonce store.
+        clock: the Unix time (``time.time``).
+    """
+
+    def __init__(
+        self, store: FirstUse, fallback: NonceStore, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self._fallback = fallback
+        self._clock = clock
+        self._down = False
+
+    async def first_use(self, key_id: str, nonce: str, expires: float) -> bool:
+        ttl = max(expires - self._clock(), 1.0)
+        try:
+            first = await self.store.first_use(f"{key_id}:{nonce}", ttl)
+        except Exception as exc:  # the store's errors: redis.RedisError, OSError...
+            if not self._down:
+                self._down = True
+                log.warning(
+                    "the shared store does not answer (%s): peer nonces are checked by this "
+                    "server alone until it does",
+                    type(exc).__name__,
+                )
+            return await self._fallback.first_use(key_id, nonce, expires)
+        if self._down:
+            self._down = False
+            log.info("the shared store answers again: peer nonces are shared again")
+        # the server's own store too, so that an outage later still knows this one
+        await self._fallback.first_use(key_id, nonce, expires)
+        return first

@@ -3,10 +3,10 @@
 The rules, because a pid file is a way to make us signal some process:
 
 1. The pid file lives in a directory only its owner can write: by default
-   ``$XDG_RUNTIME_DIR/meshbridge`` (else ``$XDG_STATE_HOME/meshbridge``,
-   ``~/.local/state/meshbridge``), created with mode 0700. A directory that
-   belongs to another user or that group or others can write is refused,
-   for reading and for writing (``/tmp`` is such a directory).
+   ``$XDG_RUNTIME_DIR/meshbridge`` (else the state directory), created with
+   mode 0700. A directory that belongs to another user or that group or
+   others can write is refused, for reading and for writing (``/tmp`` is
+   such a directory): see ``_private_dir.py``.
 2. It is written to a new file in that directory and renamed into place, so
    a symbolic link planted at its name is replaced, never written through.
    It is read without following links, and only if we own it.
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._config import Config
+from ._private_dir import UnsafeDirectory, check_private_dir, make_private_dir, state_dir
 
 __all__ = [
     "PidFileError",
@@ -52,9 +53,7 @@ def pid_dir() -> Path:
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if os.path.isabs(runtime):
         return Path(runtime, "meshbridge")
-    state = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
-    return base / "meshbridge"
+    return state_dir()
 
 
 def pid_file_for(config: Config) -> Path:
@@ -69,16 +68,9 @@ def pid_file_for(config: Config) -> Path:
 
 def _check_dir(directory: Path) -> None:
     try:
-        info = os.stat(directory)
-    except OSError as exc:
-        raise PidFileError(f"{directory}: {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise PidFileError(f"{directory} is not a directory")
-    if info.st_uid not in (os.getuid(), 0):
-        raise PidFileError(f"{directory} belongs to another user (uid {info.st_uid})")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        mode = stat.S_IMODE(info.st_mode)
-        raise PidFileError(f"{directory} can be written by other users (mode {mode:o})")
+        check_private_dir(directory)
+    except UnsafeDirectory as exc:
+        raise PidFileError(str(exc)) from None
 
 
 def write_pid_file(path: Path) -> None:
@@ -91,11 +83,9 @@ def write_pid_file(path: Path) -> None:
     directory = path.parent
     if directory == pid_dir():
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PidFileError(f"{directory}: {exc.strerror or exc}") from None
-        if directory.is_symlink():
-            raise PidFileError(f"{directory} is a symbolic link")
+            make_private_dir(directory)
+        except UnsafeDirectory as exc:
+            raise PidFileError(str(exc)) from None
     _check_dir(directory)
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)

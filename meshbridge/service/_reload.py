@@ -28,6 +28,8 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from meshbridge import ConfigError, Mesh
 
 from ._config import Config, ProviderConfig, load_config
+from ._ledger import Ledger
+from ._limits_config import LimitsConfig
 
 __all__ = ["Reloader", "mesh_from_config"]
 
@@ -76,6 +78,8 @@ class Reloader:
         mesh: the mesh to configure (started or not).
         config: the config it runs now; :meth:`install` registers it.
         environ: where ``*_env`` options are looked up on reload.
+        ledger: the mesh's usage ledger: a reload flushes it and applies the
+            ``[ledger]`` settings that need no restart.
 
     :attr:`listening_on` is the ``server.listen`` the server was started
     with (None when the address came from elsewhere, such as ``serve
@@ -85,9 +89,15 @@ class Reloader:
     """
 
     def __init__(
-        self, mesh: Mesh, config: Config, *, environ: Mapping[str, str] | None = None
+        self,
+        mesh: Mesh,
+        config: Config,
+        *,
+        environ: Mapping[str, str] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.mesh = mesh
+        self.ledger = ledger
         self.config = config
         self._environ = environ
         self._apps: dict[str, web.Application] = {}
@@ -105,6 +115,9 @@ class Reloader:
             )
         for name, route in self.config.routes.items():
             self.mesh.add_route(name, route.split, sticky=route.sticky)
+        limiter = self.config.limits.limiter()
+        if limiter is not None:
+            self.mesh.set_limiter(limiter)
 
     async def reload(self, content: bytes | None = None) -> bool:
         """Read the config file again (or take ``content``, its bytes read
@@ -161,10 +174,49 @@ class Reloader:
                     path,
                     _shown(self.admin_on, "not started (admin_listen was unset)"),
                 )
+            await self._reload_limits(config.limits, path)
             self.config, self._apps = config, apps
+            if self.ledger is not None:
+                await self._reload_ledger(config)
             self._reloads.success += 1
             log.info("config reloaded from %s: providers %s", path, ", ".join(apps))
             return True
+
+    async def _reload_ledger(self, config: Config) -> None:
+        assert self.ledger is not None
+        restart = self.ledger.reconfigure(config.ledger)
+        if restart:
+            keys = ", ".join(f"ledger.{key}" for key in restart)
+            log.warning("%s changed in %s: restart to apply", keys, config.path)
+        await self.ledger.flush()
+
+    async def _reload_limits(self, new: LimitsConfig, path: object) -> None:
+        """Limits and prices change in place: the store and its counters stay
+        (a limit that stays keeps what it counted). The store itself is where
+        the counters are: like the listeners, it changes on a restart."""
+        old = self.config.limits
+        limiter = self.mesh.limiter
+        if new == old:
+            return
+        if limiter is None or not new.limits:
+            self.mesh.set_limiter(new.limiter())  # limits appear, or go
+            if limiter is not None:
+                await limiter.aclose()  # its calls settled in-process; Redis keeps its counts
+            return
+        store, before = new.store, old.store
+        if (store.url, store.prefix, store.timeout, store.lease_seconds) != (
+            before.url,
+            before.prefix,
+            before.timeout,
+            before.lease_seconds,
+        ):
+            log.warning("[store] changed in %s: the limit store changes on a restart", path)
+        limiter.reconfigure(
+            new.limits,
+            new.prices,
+            time_zone=store.time_zone,
+            on_store_failure=store.on_store_failure,
+        )
 
 
 def _shown(address: tuple[str, int] | None, otherwise: str) -> str:

@@ -3,7 +3,8 @@ stopped as one, and the process around it (signals, pid file).
 
 Stopping (SIGTERM, SIGINT, or the end of ``async with``): ``/readyz`` turns
 503, the listener stops accepting, in-flight requests get the grace period
-to finish and are then cancelled, and the providers shut down. SIGHUP
+to finish and are then cancelled, the providers shut down, and the usage
+ledger writes (or spools) what it holds. SIGHUP
 reloads the config (see :class:`Reloader`).
 
 The grace period is counted once. aiohttp's own ``shutdown_timeout`` would
@@ -26,11 +27,14 @@ from types import TracebackType
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from meshbridge import Mesh
+from meshbridge import LimitStore, Mesh
 
 from ._config import Config
 from ._gateway import Gateway
 from ._http_guard import Listener
+from ._ledger import Ledger
+from ._ledger_query import calls_since
+from ._nonces import FirstUse, SharedNonces
 from ._pidfile import PidFileError, pid_file_for, remove_pid_file, write_pid_file
 from ._reload import Reloader
 
@@ -104,6 +108,12 @@ class Service:
             (which must be set for there to be one).
         tracer_provider: an OpenTelemetry ``TracerProvider`` for the mesh and the
             gateway (by default the global one, if set before the start).
+
+    With ``[ledger] enabled`` (the default), every call is recorded in the
+    usage ledger (:attr:`ledger`), which the mesh starts and closes. With
+    day or month budgets in the in-process store, the calls of their current
+    periods are replayed from the ledger at the start: a restart keeps what
+    was spent.
     """
 
     def __init__(
@@ -117,14 +127,28 @@ class Service:
         admin: tuple[str, int] | None = None,
         tracer_provider: object | None = None,
     ) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.ledger = Ledger(config.ledger, registry=registry) if config.ledger.enabled else None
         self.mesh = Mesh(
             registry=registry,
             grace_period=config.server.grace_period,
             tracer_provider=tracer_provider,
+            ledger=self.ledger,
         )
-        self.reloader = Reloader(self.mesh, config)
+        self.reloader = Reloader(self.mesh, config, ledger=self.ledger)
         self.reloader.install()
         self.gateway = Gateway(self.reloader, tracer_provider=tracer_provider)
+        # With a shared store ([store] url), peer nonces are shared by replicas.
+        self._shared_store: LimitStore | None = None
+        if config.limits.store.shared:
+            from ._redis_store import RedisStore  # redis is an extra: loaded when configured
+
+            limiter = self.mesh.limiter
+            store = limiter.store if limiter is not None else config.limits.store.make()
+            if limiter is None:
+                self._shared_store = store  # the service's own: closed with it
+            if isinstance(store, RedisStore):
+                self.share_nonces(store)
         self._host = host if host is not None else config.server.host
         self._port = port if port is not None else config.server.port
         self._reuse_port = reuse_port
@@ -149,6 +173,11 @@ class Service:
     async def start(self) -> None:
         """Start every provider, then listen."""
         await self.mesh.start()
+        try:
+            await self._replay_budgets()
+        except BaseException:
+            await self.mesh.aclose()
+            raise
         runner = web.AppRunner(
             self.gateway.app(),
             handle_signals=False,
@@ -176,6 +205,28 @@ class Service:
         self._runner = runner
         self.gateway.ready = True
 
+    async def _replay_budgets(self) -> None:
+        """Day and month budgets of an in-process store start from what the
+        ledger recorded in their current periods (a shared store keeps its own)."""
+        limiter, ledger = self.mesh.limiter, self.ledger
+        if limiter is None or ledger is None or not limiter.synchronous:
+            return
+        since = limiter.budgets_since()
+        if since is None:
+            return
+        config = self.reloader.config.ledger
+        records = await asyncio.to_thread(calls_since, config, since)
+        counted = await limiter.replay(records)
+        log.info(
+            "limits: %d calls of the budgets' current periods replayed from the ledger", counted
+        )
+
+    def share_nonces(self, store: FirstUse) -> None:
+        """Check peer signatures' nonces in ``store`` (a shared one, such as
+        Redis), this server's own store standing in while it does not answer."""
+        gate = self.gateway.peers
+        gate.nonces = SharedNonces(store, gate.nonces)
+
     async def aclose(self) -> None:
         """Stop accepting, let in-flight requests finish for the grace period,
         cancel the rest, and shut the providers down."""
@@ -194,6 +245,8 @@ class Service:
                 await runner.cleanup()
         finally:
             await self.mesh.aclose()
+            if self._shared_store is not None:
+                await self._shared_store.aclose()
 
     async def __aenter__(self) -> Service:
         await self.start()

@@ -21,6 +21,7 @@ from meshbridge import ConfigError
 
 from ._config import load_config
 from ._control import Channel, SupervisorNonces
+from ._nonces import SharedNonces
 from ._service import Service, serve_until_signalled
 from ._worker_metrics import metrics_handler, socket_path, worker_registry_app
 
@@ -78,7 +79,11 @@ async def _work(channel: Channel, config_path: Path, host: str, port: int,
         return 1
     service = Service(config, host=host, port=port, reuse_port=True, admin=spec.admin)
     service.gateway.worker = spec.index
-    nonces = service.gateway.peers.nonces = SupervisorNonces(channel)
+    nonces = SupervisorNonces(channel)
+    shared = service.gateway.peers.nonces
+    service.gateway.peers.nonces = nonces
+    if isinstance(shared, SharedNonces):  # [store] url: replicas share them
+        service.share_nonces(shared.store)  # and the supervisor stands in for it
     registry = service.mesh.registry
     service.gateway.metrics = metrics_handler(registry, spec.index, spec.count, spec.directory)
     private = web.AppRunner(worker_registry_app(registry), handle_signals=False, access_log=None)

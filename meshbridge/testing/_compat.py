@@ -30,12 +30,12 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestClient
 from yarl import URL
 
-from meshbridge import Mesh
+from meshbridge import Mesh, Policy
 
 from ._sentinel import SOCKET_HINT, Sentinel
 from ._server import MeshTestServer, ServerConnector
 
-__all__ = ["SENTINEL", "STATS", "MeshSocketRequired", "Reports", "Stats"]
+__all__ = ["NEVER_ACTS", "POLICY", "SENTINEL", "STATS", "MeshSocketRequired", "Reports", "Stats"]
 
 MARKER: Final = "meshbridge_socket"
 _LOCAL_HOSTS: Final = frozenset({"127.0.0.1", "localhost"})
@@ -76,14 +76,18 @@ class Stats:
 
 
 SENTINEL: pytest.StashKey[Sentinel] = pytest.StashKey()
+# --meshbridge-governed: the policy every test server gets (it never acts).
+POLICY: pytest.StashKey[Policy] = pytest.StashKey()
+NEVER_ACTS: Final = Policy(timeout=24 * 3600.0)
 STATS: pytest.StashKey[Stats] = pytest.StashKey()
 
 
 class _Servers:
     """One test's servers, the addresses they borrowed, what reached them by socket."""
 
-    def __init__(self, sentinel: Sentinel) -> None:
+    def __init__(self, sentinel: Sentinel, policy: Policy | None = None) -> None:
         self._sentinel = sentinel
+        self._policy = policy  # --meshbridge-governed
         self.by_port: dict[int, MeshTestServer] = {}
         self.made: list[MeshTestServer] = []
         self.clients: list[TestClient[Any, Any]] = []
@@ -139,6 +143,7 @@ class _Servers:
             name="app",
             url=URL.build(scheme=scheme, host=host, port=port),
             owns_mesh=True,
+            policy=self._policy,
             skip_url_asserts=bool(kwargs.get("skip_url_asserts", False)),
             on_close=lambda: self._release(port),
         )
@@ -204,7 +209,7 @@ _SERVERS: pytest.StashKey[_Servers] = pytest.StashKey()
 
 @pytest.fixture
 def _meshbridge_servers(request: pytest.FixtureRequest) -> _Servers:
-    servers = _Servers(request.config.stash[SENTINEL])
+    servers = _Servers(request.config.stash[SENTINEL], request.config.stash.get(POLICY, None))
     request.node.stash[_SERVERS] = servers
     return servers
 

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import StrOrURL
 from yarl import URL
 
-from meshbridge import Mesh, MeshConnector
+from meshbridge import Mesh, MeshConnector, Policy
 
 __all__ = ["MeshTestServer", "ServerConnector"]
 
@@ -42,6 +42,7 @@ class MeshTestServer(TestServer):
             server starts the mesh and closing it closes the mesh (so the
             app's cleanup has run when ``close()`` returns). Otherwise the
             app is registered in a running mesh and unregistered on close.
+        policy: the traffic policy of its provider (None: the direct link).
         on_close: called once when the server closes.
     """
 
@@ -53,6 +54,7 @@ class MeshTestServer(TestServer):
         name: str,
         url: URL,
         owns_mesh: bool,
+        policy: Policy | None = None,
         skip_url_asserts: bool = False,
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -67,6 +69,7 @@ class MeshTestServer(TestServer):
         self.name = name
         self.url = url
         self._owns_mesh = owns_mesh
+        self._policy = policy
         self._on_close = on_close
         self._is_started = False
         self._is_closed = False
@@ -76,7 +79,7 @@ class MeshTestServer(TestServer):
         if self._is_started:
             return
         self._is_started = True
-        self.mesh.register(self.name, self.app)
+        self.mesh.register(self.name, self.app, policy=self._policy)
         if self._owns_mesh:
             await self.mesh.start()
         else:

@@ -17,7 +17,11 @@ Installing meshbridge is enough to get it. Fixtures:
 Options: ``--meshbridge-aiohttp`` (or ``meshbridge_aiohttp = true`` in the
 ini file) serves pytest-aiohttp's own ``aiohttp_client`` and
 ``aiohttp_server`` through a mesh, with no edit to the tests; a test that
-needs a real socket is marked ``@pytest.mark.meshbridge_socket``.
+needs a real socket is marked ``@pytest.mark.meshbridge_socket``. With
+``--meshbridge-governed`` (``meshbridge_governed = true``) too, every such
+server is governed by a traffic policy that never acts, so its requests go
+through the relay: a suite that passes both ways observes the same HTTP
+with a policy as without.
 """
 
 from __future__ import annotations
@@ -70,6 +74,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="as --meshbridge-aiohttp: aiohttp_client and aiohttp_server through a mesh",
     )
+    group.addoption(
+        "--meshbridge-governed",
+        action="store_true",
+        default=False,
+        dest="meshbridge_governed",
+        help="with --meshbridge-aiohttp: govern every test server by a traffic policy that "
+        "never acts (requests go through the relay), to check a policy changes nothing",
+    )
+    parser.addini(
+        "meshbridge_governed",
+        type="bool",
+        default=False,
+        help="as --meshbridge-governed",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -79,6 +97,8 @@ def pytest_configure(config: pytest.Config) -> None:
         from ._sentinel import Sentinel
 
         config.stash[_compat.SENTINEL] = Sentinel()  # its thread starts with a first server
+        if config.getoption("meshbridge_governed", False) or config.getini("meshbridge_governed"):
+            config.stash[_compat.POLICY] = _compat.NEVER_ACTS
         stats = config.stash[_compat.STATS] = _compat.Stats()
         config.pluginmanager.register(_compat, "meshbridge-aiohttp")
         config.pluginmanager.register(_compat.Reports(stats), "meshbridge-aiohttp-reports")

@@ -276,10 +276,12 @@ async def test_pipelined_requests_after_a_large_body_are_each_answered() -> None
         return web.Response(text=f"{request.path} {len(await request.read())}")
 
     server = web.Server(sizes)
-    protocols = server_protocols(server, watched=False)
+    protocols = server_protocols(server)
     client = RawClient()
     pipe = Pipe(asyncio.get_running_loop())
-    pipe.connect(client, protocols())
+    protocol = protocols()
+    pipe.connect(client, protocol)
+    protocol.expect_body()  # as a link does for a request with a body: past the parser
     body = BODIES[MiB]
     first = b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
     then = b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /three HTTP/1.1\r\n"

@@ -31,7 +31,7 @@ GRAFANA_VARIABLES = {
     "$__range": f"{QUERY_RANGE_SECONDS}s",
 }
 
-# The families meshbridge documents (issues 2, 3 and 10), by the series names
+# The families meshbridge documents (issues 2, 3, 10 and 19), by the series names
 # PromQL selects them with.
 DOCUMENTED_FAMILIES = {
     "meshbridge_requests": "meshbridge_requests_total",
@@ -52,6 +52,22 @@ DOCUMENTED_FAMILIES = {
     "meshbridge_circuit_state": "meshbridge_circuit_state",
     "meshbridge_circuit_transitions": "meshbridge_circuit_transitions_total",
     "meshbridge_route_requests": "meshbridge_route_requests_total",
+    "meshbridge_limited": "meshbridge_limited_total",
+    "meshbridge_limit_remaining": "meshbridge_limit_remaining",
+    "meshbridge_limit_allowed": "meshbridge_limit_allowed",
+    "meshbridge_store_errors": "meshbridge_store_errors_total",
+    "meshbridge_store_up": "meshbridge_store_up",
+    # the usage ledger of `serve` and `demo` (docs/guides/ledger.md)
+    "meshbridge_ledger_written": "meshbridge_ledger_written_total",
+    "meshbridge_ledger_spooled": "meshbridge_ledger_spooled_total",
+    "meshbridge_ledger_replayed": "meshbridge_ledger_replayed_total",
+    "meshbridge_ledger_dropped": "meshbridge_ledger_dropped_total",
+    "meshbridge_ledger_write_errors": "meshbridge_ledger_write_errors_total",
+    "meshbridge_ledger_pruned": "meshbridge_ledger_pruned_total",
+    "meshbridge_ledger_queue_depth": "meshbridge_ledger_queue_depth",
+    "meshbridge_ledger_spool_records": "meshbridge_ledger_spool_records",
+    "meshbridge_ledger_spool_bytes": "meshbridge_ledger_spool_bytes",
+    "meshbridge_ledger_database_up": "meshbridge_ledger_database_up",
 }
 
 # Series Prometheus makes itself, not meshbridge.

@@ -13,6 +13,9 @@ Resilience row charts fires again and again, a bounded batch of requests every
   total timeouts; ``limited`` gets more requests than its ``max_in_flight``;
   ``faulty`` aborts half of its requests by fault injection.
 - the route ``chat`` splits between ``backup`` and ``flaky``.
+- callers go over their limits (:data:`LIMITS`): ``batch`` over its requests
+  per minute, ``agents`` through its daily token budget (the mesh's limiter
+  answers them 429 before their provider is reached).
 
 Its requests are traced (an OpenTelemetry SDK provider, no export), so its
 latency histograms carry exemplars; ``GET /trace-ids`` lists the trace ids
@@ -35,7 +38,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
-from meshbridge import CircuitBreaker, Fault, Mesh, Policy
+from meshbridge import CircuitBreaker, Fault, Limit, Limiter, Mesh, Policy, record_tokens
 
 TICK = 0.5  # seconds between two batches of requests
 HANG = 2.0  # how long the slow handlers would take: far past every timeout
@@ -47,6 +50,8 @@ FLIP: web.AppKey[Iterator[int]] = web.AppKey("flip")
 
 
 async def ok(request: web.Request) -> web.Response:
+    # an LLM's answer: its usage is what the limits debit
+    record_tokens(request, "work-model", input=200, output=300)
     return web.json_response({"served_by": request.host})
 
 
@@ -112,10 +117,15 @@ PROVIDERS: dict[str, tuple[Handler, Policy | None]] = {
 }
 # Requests per batch, by the name callers use.
 BATCH = dict.fromkeys(PROVIDERS, 1) | {"limited": 3, "chat": 2}
+LIMITS = (
+    Limit("batch", {"source": "batch"}, requests_per_minute=30),
+    Limit("agents-daily", {"source": "agents", "target": "backup"}, tokens_per_day=5000),
+    Limit("per-target", {"target": "*"}, concurrent=100),
+)
 
 
 async def call(session: aiohttp.ClientSession, name: str) -> None:
-    # Cut streams and 5xx answers are what this workload is for.
+    # Cut streams, 5xx and 429 answers are what this workload is for.
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
         async with session.get(f"http://{name}/v1/work") as response:
             await response.read()
@@ -123,9 +133,10 @@ async def call(session: aiohttp.ClientSession, name: str) -> None:
 
 async def drive(mesh: Mesh, stop: asyncio.Event) -> None:
     timeout = aiohttp.ClientTimeout(total=HANG * 2)
-    sessions = [mesh.session(source=source, timeout=timeout) for source in SOURCES]
+    sessions = {source: mesh.session(source=source, timeout=timeout) for source in SOURCES}
     try:
-        for session in itertools.cycle(sessions):
+        for source in itertools.cycle(SOURCES):
+            session = sessions[source]
             batch = [call(session, name) for name, n in BATCH.items() for _ in range(n)]
             await asyncio.gather(*batch)
             with contextlib.suppress(TimeoutError):
@@ -133,7 +144,7 @@ async def drive(mesh: Mesh, stop: asyncio.Event) -> None:
             if stop.is_set():
                 return
     finally:
-        for session in sessions:
+        for session in sessions.values():
             await session.close()
 
 
@@ -162,7 +173,7 @@ async def main(host: str, port: int, duration: float) -> None:
     async def trace_ids(request: web.Request) -> web.Response:
         return web.json_response(list(recent.ids))
 
-    async with Mesh(tracer_provider=provider) as mesh:
+    async with Mesh(tracer_provider=provider, limiter=Limiter(LIMITS)) as mesh:
         for name, (handler, policy) in PROVIDERS.items():
             mesh.register(name, app(handler), policy=policy)
         mesh.add_route("chat", {"backup": 80, "flaky": 20})

@@ -85,9 +85,12 @@ def resilience(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 
 @pytest.fixture(scope="session")
-def exported(demo: Demo) -> dict[str, set[str]]:
-    """family -> queryable series names, from a scrape of the demo."""
-    return exported_names(demo.scrape())
+def exported(demo: Demo, resilience: Demo) -> dict[str, set[str]]:
+    """family -> queryable series names, from a scrape of each workload."""
+    names = exported_names(demo.scrape())
+    for family, series in exported_names(resilience.scrape()).items():
+        names[family] = names.get(family, set()) | series
+    return names
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,13 @@ def test_compose_file_validates_offline(docker_compose: str) -> None:
 
 def test_services(docker_compose: str) -> None:
     services = run_tool([docker_compose, "-f", str(COMPOSE), "config", "--services"])
-    assert set(services.split()) == {"meshbridge", "meshbridge-billing", "prometheus", "grafana"}
+    assert set(services.split()) == {
+        "meshbridge",
+        "meshbridge-billing",
+        "prometheus",
+        "grafana",
+        "postgres",
+    }
 
 
 def test_every_mounted_file_exists(resolved: str) -> None:
@@ -98,6 +104,7 @@ def test_the_remote_hop_is_signed_and_scoped(monkeypatch: pytest.MonkeyPatch) ->
     """The demo node's `billing` is the billing node's, reached by name and
     signed with the key id the billing node accepts for that provider only."""
     monkeypatch.setenv("MESHBRIDGE_PEER_SECRET", "compose-demo-peer-secret-not-a-secret")
+    monkeypatch.setenv("MESHBRIDGE_LEDGER_URL", "postgresql://meshbridge:pw@postgres/meshbridge")
     demo, billing = load_config(STACK / "demo.toml"), load_config(STACK / "billing.toml")
     remote = demo.providers["billing"]
     assert remote.kind == "remote"
@@ -116,7 +123,23 @@ def test_the_demo_node_runs_the_built_in_demo_table_and_billing() -> None:
     built_in = tomllib.loads(builtin_config(0))
     compose = tomllib.loads((STACK / "demo.toml").read_text())
     assert compose["providers"].pop("billing")["kind"] == "remote"
+    assert compose.pop("ledger") == {"url_env": "MESHBRIDGE_LEDGER_URL"}
     assert compose == built_in
+
+
+def test_the_demo_node_records_calls_in_the_postgres_grafana_reads(resolved: str) -> None:
+    url = re.search(r"^      MESHBRIDGE_LEDGER_URL: (\S+)$", resolved, re.M)
+    assert url
+    password = re.search(r"^      POSTGRES_PASSWORD: (\S+)$", resolved, re.M)
+    grafana = re.findall(r"^      MESHBRIDGE_LEDGER_PASSWORD: (\S+)$", resolved, re.M)
+    assert password
+    assert grafana == [password[1]]
+    assert url[1] == f"postgresql://meshbridge:{password[1]}@postgres:5432/meshbridge"
+    needs = r"^      postgres:\n        condition: service_healthy$"
+    assert re.search(needs, resolved, re.M)
+    ledger = (REPO / "grafana" / "provisioning" / "datasources" / "ledger.yaml").read_text()
+    assert re.search(r"^\s*url: postgres:5432$", ledger, re.M)
+    assert re.search(r"^\s*password: \$MESHBRIDGE_LEDGER_PASSWORD$", ledger, re.M)
 
 
 def test_grafana_allows_anonymous_viewers(resolved: str) -> None:
@@ -145,7 +168,7 @@ def test_the_services_find_each_other() -> None:
 def test_dockerfile_installs_the_package_from_this_tree() -> None:
     dockerfile = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
-    assert re.search(r"^RUN pip install \.", dockerfile, re.M)
+    assert re.search(r'^RUN pip install "?\.\[postgres\]', dockerfile, re.M)
     assert re.search(r'^ENTRYPOINT \["meshbridge"\]$', dockerfile, re.M)
     for copy in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
         for source in copy.split():

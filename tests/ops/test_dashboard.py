@@ -44,6 +44,25 @@ ROWS = {
     "Throughput": {"meshbridge_request_bytes_total", "meshbridge_response_bytes_total"},
     "LLM": {"meshbridge_tokens_total", "meshbridge_time_to_first_token_seconds_bucket"},
     "Config reloads": {"meshbridge_config_reloads_total"},
+    "Limits": {
+        "meshbridge_limited_total",
+        "meshbridge_limit_remaining",
+        "meshbridge_limit_allowed",
+        "meshbridge_store_errors_total",
+        "meshbridge_store_up",
+    },
+    "Usage ledger": {
+        "meshbridge_ledger_written_total",
+        "meshbridge_ledger_spooled_total",
+        "meshbridge_ledger_replayed_total",
+        "meshbridge_ledger_dropped_total",
+        "meshbridge_ledger_write_errors_total",
+        "meshbridge_ledger_pruned_total",
+        "meshbridge_ledger_queue_depth",
+        "meshbridge_ledger_spool_records",
+        "meshbridge_ledger_spool_bytes",
+        "meshbridge_ledger_database_up",
+    },
 }
 # The variable filters of families that lack a provider or a source label
 # (every other family takes both). Callers' calls are by the name they used,
@@ -52,6 +71,14 @@ PROVIDER = 'provider=~"$provider"'
 SOURCE = 'source=~"$source"'
 FILTERS = {
     "meshbridge_config_reloads_total": (),
+    # Limits are matched on who calls, each limit across providers; the
+    # remaining budgets and the store belong to no caller.
+    "meshbridge_limited_total": (SOURCE,),
+    "meshbridge_limit_remaining": (),
+    "meshbridge_limit_allowed": (),
+    "meshbridge_store_errors_total": (),
+    "meshbridge_store_up": (),
+    **dict.fromkeys(ROWS["Usage ledger"], ()),  # one writer per process: no labels
     "meshbridge_calls_total": ('target=~"$provider"', SOURCE),
     "meshbridge_circuit_state": (PROVIDER,),
     "meshbridge_circuit_transitions_total": (PROVIDER,),

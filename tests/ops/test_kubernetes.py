@@ -51,7 +51,10 @@ def router_table(tmp_path: Path) -> Config:
     data = resources()["ConfigMap"]["data"]
     (name,) = data
     env = container()["env"]
-    from_secret = {e["name"]: "x" * 40 for e in env if "secretKeyRef" in e.get("valueFrom", {})}
+    from_secret = {e["name"]: f"{e['name']}-{'x' * 40}" for e in env
+                   if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
+    if "MESHBRIDGE_LEDGER_URL" in from_secret:
+        from_secret["MESHBRIDGE_LEDGER_URL"] = "postgresql://meshbridge:x@postgres/meshbridge"
     return parse_config(tomllib.loads(data[name]), tmp_path / name, from_secret)
 
 
@@ -105,6 +108,19 @@ def test_the_config_map_is_a_valid_router_table_with_every_secret_provided(
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container()["env"]
             if "secretKeyRef" in e.get("valueFrom", {})}  # fmt: skip
     assert refs == {"meshbridge-secrets"}
+
+
+def test_every_replica_writes_the_ledger_to_the_postgresql_of_the_secret(tmp_path: Path) -> None:
+    config = router_table(tmp_path)
+    assert config.ledger.enabled
+    assert config.ledger.url.startswith("postgresql://")
+    assert config.server.admin_token is not None  # the usage API has a token
+    (url,) = [e for e in container()["env"] if e["name"] == "MESHBRIDGE_LEDGER_URL"]
+    assert url["valueFrom"]["secretKeyRef"] == {"name": "meshbridge-secrets", "key": "ledger-url"}
+    # the spool goes to a volume of its own (the root filesystem is read-only)
+    env = {e["name"]: e.get("value") for e in container()["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container()["volumeMounts"]}
+    assert mounts[env["XDG_STATE_HOME"]] == "state"
 
 
 def test_probes_and_scrapes_use_the_admin_listener_and_the_service_the_public_one(

@@ -121,6 +121,9 @@ WORKLOAD = {
     "timeouts, idle": 'sum(meshbridge_timeouts_total{kind="idle-timeout"}) > 0',
     "timeouts, total": 'sum(meshbridge_timeouts_total{kind="timeout"}) > 0',
     "a route split": "count(count by (provider) (meshbridge_route_requests_total)) >= 2",
+    "calls rate-limited": 'sum(meshbridge_limited_total{reason="rate-limited"}) > 0',
+    "a budget exhausted": 'sum(meshbridge_limited_total{reason="budget-exhausted"}) > 0',
+    "a budget spent": 'min(meshbridge_limit_remaining{kind="tokens_per_day"}) == 0',
 }
 
 

@@ -23,6 +23,8 @@ REQUIRED_ALERTS = {
     "MeshbridgeCircuitOpen",
     "MeshbridgeRetryStorm",
     "MeshbridgeCallerErrors",
+    "MeshbridgeBudgetNearlySpent",
+    "MeshbridgeLimitStoreDown",
 }
 
 

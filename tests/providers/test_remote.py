@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -372,6 +373,28 @@ async def test_a_body_cut_short_fails_the_callers_read(mesh: Mesh, upstream: Ups
         assert r.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await r.read()
+
+
+async def test_a_body_cut_short_is_logged_in_one_line_without_a_traceback(
+    mesh: Mesh, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    await start(mesh, await upstream(upstream_app()))
+    with caplog.at_level(logging.INFO):
+        async with mesh.session() as s, s.get("http://billing/cut") as r:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+
+        def broken() -> list[logging.LogRecord]:
+            return [
+                record
+                for record in caplog.records
+                if "stream broke" in record.getMessage()
+                or (record.exc_info and "stream broke" in str(record.exc_info[1]))
+            ]
+
+        assert await settle(lambda: bool(broken()))
+    assert len(broken()) == 1
+    assert broken()[0].exc_info is None  # one line, no traceback
 
 
 async def test_a_stream_silent_past_read_timeout_fails_the_callers_read(

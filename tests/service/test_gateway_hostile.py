@@ -109,6 +109,14 @@ class Raw:
         """Everything until the server closes (bounded, so a hang fails)."""
         return await asyncio.wait_for(self.reader.read(), 5)
 
+    async def no_answer(self) -> bytes:
+        """What came before the server closed: a connection it closed with our
+        bytes still unread is reset (Linux sends RST), which is no answer either."""
+        try:
+            return await self.rest()
+        except ConnectionResetError:
+            return b""
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(ConnectionError):
@@ -317,7 +325,9 @@ async def test_a_head_not_complete_within_header_timeout_is_closed(
                     await asyncio.sleep(0.02)  # the pace of the attack, not a synchronisation
 
             sender = asyncio.create_task(trickle())
-            answers = await asyncio.gather(silent.rest(), stalled.rest(), trickling.rest())
+            answers = await asyncio.gather(
+                *(raw.no_answer() for raw in (silent, stalled, trickling))
+            )
             sender.cancel()
         finally:
             for raw in (silent, stalled, trickling):

@@ -206,6 +206,33 @@ def test_the_opt_in_serves_pytest_aiohttps_fixtures_through_a_mesh(
     )
 
 
+GOVERNED_TESTS = """
+async def test_a_governed_server_answers_as_any_other(aiohttp_server, aiohttp_client):
+    server = await aiohttp_server(make_app())
+    assert set(server.mesh.policies) == {server.name}  # its requests go through the relay
+    assert server.mesh.policies[server.name].timeout is not None
+    client = await aiohttp_client(server)
+    async with client.get("/whoami") as response:
+        assert (await response.json())["socket"] is False
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "ini"),
+    [
+        (["--meshbridge-aiohttp", "--meshbridge-governed"], INI),
+        ([], INI + "meshbridge_aiohttp = true\nmeshbridge_governed = true\n"),
+    ],
+    ids=["option", "ini"],
+)
+def test_governed_serves_every_test_server_through_a_policy_that_never_acts(
+    pytester: pytest.Pytester, args: list[str], ini: str
+) -> None:
+    sandbox(pytester, AIOHTTP_TESTS + GOVERNED_TESTS, ini=ini)
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=3)
+
+
 def test_without_the_opt_in_pytest_aiohttps_fixtures_are_untouched(
     pytester: pytest.Pytester,
 ) -> None:
