@@ -42,12 +42,13 @@ which end closed first and may name the error the other end's protocol sees.
 Rule 6, receivers. A protocol may have what arrives handed to another
 callable of its own (``set_receiver``: an HTTP protocol feeding a body to
 its reader), with a ``room()`` that says how many bytes its reader takes
-before it pauses. A receiver's pieces are as large as that room plus
-``MAX_PIECE`` (at most ``MAX_BODY_PIECE``), a whole write by reference when
-it fits, and it gets one such piece per turn of the loop, as a socket's
-reader gets one read per turn, so that a reader in another task takes each
-piece as it comes rather than joining many into a new object. Rules 1 to 5
-hold as for ``data_received``.
+before it pauses. A receiver gets at most that room plus ``MAX_PIECE`` per
+turn of the loop: a whole ``bytes`` write by reference when it fits (however
+large: the reader asked for that much, and nothing is copied), else pieces
+cut from it, each a copy of at most ``MAX_BODY_PIECE`` and the last of its
+turn. One turn's worth at a time, as a socket's reader gets one read per
+turn, so that a reader in another task takes each piece as it comes rather
+than joining many into a new object. Rules 1 to 5 hold as for ``data_received``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ __all__ = ["OnClose", "Pipe", "PipeEnd", "PipeStats"]
 HIGH_WATER: Final = 64 * 1024
 LOW_WATER: Final = 16 * 1024
 MAX_PIECE: Final = 64 * 1024  # the most handed to data_received at once (Rule 4)
-MAX_BODY_PIECE: Final = 1024 * 1024  # the most handed to a receiver in one turn (Rule 6)
+MAX_BODY_PIECE: Final = 1024 * 1024  # the largest piece cut for a receiver (Rule 6)
 
 # Told which end closed first (True for the client end); returns the exception
 # the *other* end's protocol gets in connection_lost (None for a clean close).
@@ -214,10 +215,10 @@ class PipeEnd(asyncio.Transport):
                 if self._queued and not self.pipe.closed and peer.is_reading():
                     self._schedule_flush()
                 return
-            piece = peer._piece_size()
-            if len(chunk) <= piece:  # a receiver with room for all of it: by reference
+            if len(chunk) <= peer._turn():  # a receiver with room for all of it: by reference
                 peer._receive(chunk)
                 return
+            piece = peer._piece_size()
             view = memoryview(chunk)
             offset = 0
             while offset < len(view) and peer.is_reading() and not self.pipe.closed:
@@ -260,20 +261,22 @@ class PipeEnd(asyncio.Transport):
         queue = self._queue
         stats = self.pipe._stats
         paced = peer._room is not None
-        budget = peer._piece_size()  # a receiver's for this turn (Rule 6)
+        budget = peer._turn()  # a receiver's for this turn (Rule 6)
         while queue and peer._reading and not peer._delivering and not self.pipe.closed:
             chunk = queue.popleft()
-            if len(chunk) > budget:
-                view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
-                queue.appendleft(view[budget:])
-                chunk = view[:budget]
             size = len(chunk)
+            cut = size > budget or (size > MAX_BODY_PIECE and type(chunk) is not bytes)
+            if cut:
+                size = min(budget, MAX_BODY_PIECE) if paced else budget  # a copy: bounded
+                view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
+                queue.appendleft(view[size:])
+                chunk = view[:size]
             self._queued -= size
             stats.buffered -= size
             peer._receive(chunk if type(chunk) is bytes else bytes(chunk))
             if paced:
                 budget -= size
-                if budget <= 0:
+                if budget <= 0 or cut:  # a piece cut for a receiver ends its turn
                     if queue and peer._reading:
                         self._schedule_flush()
                     break
@@ -413,12 +416,17 @@ class PipeEnd(asyncio.Transport):
         else:
             self._deliver, self._room = receiver, room
 
-    def _piece_size(self) -> int:
-        """The most we hand our protocol at once now (Rules 4 and 6)."""
+    def _turn(self) -> int:
+        """The most we hand our protocol in this turn of the loop (Rules 4 and
+        6); a receiver's by reference, pieces cut for it at most ``MAX_BODY_PIECE``."""
         room = self._room
         if room is None:
             return MAX_PIECE
-        return min(MAX_BODY_PIECE, MAX_PIECE + max(0, room()))
+        return MAX_PIECE + max(0, room())
+
+    def _piece_size(self) -> int:
+        """The most we cut from a write for our protocol now (Rules 4 and 6)."""
+        return min(MAX_BODY_PIECE, self._turn())
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol

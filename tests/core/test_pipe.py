@@ -283,10 +283,20 @@ async def test_a_receiver_gets_pieces_as_large_as_its_room_one_per_turn() -> Non
     while pipe.buffered:
         await asyncio.sleep(0)
         turns += 1
-    assert max(len(p) for p in receiver.pieces[1:]) == MAX_BODY_PIECE
+    assert max(len(p) for p in receiver.pieces[1:]) == MAX_BODY_PIECE  # a copy: bounded
     assert turns == len(receiver.pieces) - 1  # one piece per turn of the loop
     assert b"".join(receiver.pieces) == body
     assert server.received == []  # all of it went to the receiver
+
+
+async def test_a_write_within_a_receivers_room_goes_whole_however_large() -> None:
+    pipe, _client, _server = connected()
+    receiver = Receiver(room=64 * MAX_BODY_PIECE)  # a reader that asked for it (read())
+    pipe.server.set_receiver(receiver.take, receiver.room_now)
+    body = bytes(16 * MAX_BODY_PIECE)
+    pipe.client.write(body)
+    assert len(receiver.pieces) == 1  # no cut
+    assert receiver.pieces[0] is body  # no copy
 
 
 async def test_a_write_that_fits_a_receiver_is_handed_over_by_reference() -> None:
@@ -313,12 +323,16 @@ async def test_receivers_keep_order_and_bounds_under_random_interleavings() -> N
         sent = bytearray()
         got: list[bytes] = []
         seen = 0
+        written: set[int] = set()
+        kept: list[bytes] = []
         for step in range(200):
             action = rng.random()
             if action < 0.4 and not client.paused:
                 chunk = bytes([step % 256]) * rng.randint(1, 2 * MAX_BODY_PIECE)
                 pipe.client.write(chunk)
                 sent += chunk
+                written.add(id(chunk))
+                kept.append(chunk)  # ids stay unique while it lives
             elif action < 0.5:
                 got += server.received[seen:] + receiver.pieces
                 seen, receiver.pieces = len(server.received), []
@@ -331,8 +345,10 @@ async def test_receivers_keep_order_and_bounds_under_random_interleavings() -> N
                 pipe.server.resume_reading()
             else:
                 await asyncio.sleep(0)
-            limit = min(MAX_BODY_PIECE, MAX_PIECE + receiver.room)
-            assert all(len(p) <= max(MAX_PIECE, limit) for p in receiver.pieces), seed
+            # A piece within its turn (room + MAX_PIECE); a copy cut from a
+            # write at most MAX_BODY_PIECE, a larger one a whole write.
+            assert all(len(p) <= MAX_PIECE + receiver.room for p in receiver.pieces), seed
+            assert all(len(p) <= MAX_BODY_PIECE or id(p) in written for p in receiver.pieces), seed
             assert all(len(p) <= MAX_PIECE for p in server.received[seen:]), seed
             assert stats.buffered == pipe.buffered
         pipe.server.resume_reading()
