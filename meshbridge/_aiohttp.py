@@ -226,14 +226,14 @@ class _ObservedWriter(StreamWriter):
     def write_headers(self, status_line: str, headers: Any) -> Coroutine[Any, Any, None]:
         # A plain def returning aiohttp's coroutine: no extra coroutine layer.
         self._exchange.headers_sent(int(status_line[9:12]))
-        return super().write_headers(status_line, headers)
+        return StreamWriter.write_headers(self, status_line, headers)  # not super(): per request
 
     async def write_eof(self, chunk: bytes = b"") -> None:
         if len(chunk) > MAX_PIECE and not self.chunked and self._compress is None:
             # aiohttp would join the head and the body into one new bytes
             # object; the head goes first, the body by reference.
             self.send_headers()
-        await super().write_eof(chunk)
+        await StreamWriter.write_eof(self, chunk)
         transport = self._protocol.transport
         if type(transport) is PipeEnd:
             transport.when_flushed(self._exchange.body_delivered)
@@ -426,7 +426,7 @@ class ServerProtocol(RequestHandler):
         exchange = self.exchange
         if exchange is not None and exchange.call.watched:
             return self._handle_watched(request, start_time, request_handler, exchange.call)
-        return super()._handle_request(request, start_time, request_handler)
+        return RequestHandler._handle_request(self, request, start_time, request_handler)
 
     async def _handle_watched(
         self,

@@ -50,18 +50,15 @@ class Exchange:
         "_metrics",
         "_series",
         "_started",
-        "api_key_id",
         "call",
         "connect_failed",
         "failed",
         "finished",
         "listener",
-        "method",
         "outcome",
         "provider",
         "request_body",
         "response_bytes",
-        "source",
         "status",
     )
 
@@ -73,11 +70,8 @@ class Exchange:
         metrics: MeshMetrics | None = None,
         listener: Callable[[Exchange], None] | None = None,
     ) -> None:
-        self.call = call
+        self.call = call  # its Source, key id and method are the call's
         self.provider = provider
-        self.source = call.source
-        self.api_key_id = call.api_key_id
-        self.method = call.method
         self.status = 0  # 0 until response headers are sent
         self.response_bytes = 0
         self.failed = False  # the handler raised
@@ -154,7 +148,7 @@ class Exchange:
         if self._series is not None:
             body = self.request_body
             self._series.finished(
-                self.method,
+                self.call.method,
                 self.status,
                 outcome,
                 duration,
@@ -162,7 +156,7 @@ class Exchange:
                 self.response_bytes,
             )
             if trace is not None:
-                trace.observed(self._series.durations[self.method], duration)
+                trace.observed(self._series.durations[self.call.method], duration)
         if self.listener is not None:
             if trace is not None:
                 trace.attempt(self)
@@ -185,13 +179,13 @@ def source_of(request: web.BaseRequest) -> Source | None:
     through a mesh (plain HTTP traffic to the same app): no header can set it.
     """
     exchange = request.get(EXCHANGE)
-    return exchange.source if exchange is not None else None
+    return exchange.call.source if exchange is not None else None
 
 
 def api_key_id_of(request: web.BaseRequest) -> str | None:
     """The delegated API key id ``request`` carries, or None (see :func:`source_of`)."""
     exchange = request.get(EXCHANGE)
-    return exchange.api_key_id if exchange is not None else None
+    return exchange.call.api_key_id if exchange is not None else None
 
 
 def report_connect_failure(request: web.BaseRequest) -> None:
