@@ -33,6 +33,7 @@ from ._policy import CircuitBreaker, Fault, Policy, Route
 from ._record import CallRecord, LedgerSink, uuid7
 from ._routing import check_name as check_provider_name
 from ._source import Source, check_api_key_id, use_api_key_id, use_client, use_source
+from ._state import ProviderState, RouteState, TrafficState
 from ._synthetic import ERROR_BODY, ErrorBody
 
 __all__ = [
@@ -59,12 +60,15 @@ __all__ = [
     "Policy",
     "Price",
     "ProviderNotFound",
+    "ProviderState",
     "Refusal",
     "Route",
+    "RouteState",
     "Source",
     "StreamBroken",
     "Ticket",
     "TokenUsage",
+    "TrafficState",
     "api_key_id_of",
     "check_api_key_id",
     "check_provider_name",

@@ -29,6 +29,7 @@ from ._provider import Provider
 from ._record import LedgerSink
 from ._relay import Relay
 from ._routing import Router, check_name
+from ._state import TrafficState, traffic_state
 from ._synthetic import ERROR_BODY, ErrorBody
 from ._traffic import Clock, Traffic
 
@@ -491,6 +492,18 @@ class Mesh:
         """An aiohttp handler serving :attr:`registry` in the Prometheus text
         format (or OpenMetrics, when the scraper asks for it)."""
         return make_aiohttp_handler(self.registry)
+
+    def traffic_state(self) -> TrafficState:
+        """A snapshot of every provider's and route's traffic right now: requests,
+        errors and in flight per provider, its circuit and the time to its next
+        probe, what its ``max_in_flight`` admitted, where each route's requests
+        went. Plain values, read from what the mesh counts anyway; about the
+        cost of a scrape, so for pages and periodic tasks, not for every request.
+
+        Returns:
+            A frozen :class:`TrafficState` (see ``meshbridge/_state.py``'s rules).
+        """
+        return traffic_state(self._router.table, self._traffic, self._metrics)
 
     @property
     def buffered_bytes(self) -> int:

@@ -54,6 +54,7 @@ MAX_MODELS: Final = 100
 _MAX_MODEL_LEN: Final = 128
 OTHER: Final = "other"
 UNKNOWN: Final = "unknown"  # the request and the answer named no model
+ERROR: Final = "error"  # the outcome of a request that broke (_exchange.ERROR)
 TOKEN_TYPES: Final = ("input", "output", "cache_read", "cache_write")
 
 _METHODS: Final = frozenset(
@@ -240,6 +241,24 @@ class MeshMetrics:
         if series is None:
             series = self._series[key] = Series(*key)
         return series
+
+    def provider_totals(self) -> dict[str, tuple[int, int, int]]:
+        """Per provider, every source together: requests ended, those of them
+        that failed (a 5xx or 429, or outcome ``error``), and requests in flight."""
+        totals: dict[str, tuple[int, int, int]] = {}
+        for series in list(self._series.values()):
+            ended = failed = 0
+            for (_, code, outcome), count in list(series.requests.items()):
+                ended += count
+                if code >= 500 or code == 429 or outcome == ERROR:
+                    failed += count
+            before = totals.get(series.provider, (0, 0, 0))
+            totals[series.provider] = (
+                before[0] + ended,
+                before[1] + failed,
+                before[2] + series.in_flight,
+            )
+        return totals
 
     def model_label(self, provider: str, model: str | None) -> str:
         """``model`` as a label value of ``provider``'s series: ``unknown`` for

@@ -141,6 +141,9 @@ def test_the_wheel_built_from_the_sdist_installs_the_meshbridge_package_only(
     assert "meshbridge/service/_cli.py" in names
     assert "meshbridge/testing/plugin.py" in names
     assert "meshbridge/py.typed" in names
+    # the admin page's templates, script and style sheet (package data)
+    for name in ("page.html", "live.html", "sign_in.html", "admin.js", "admin.css"):
+        assert f"meshbridge/service/_admin/{name}" in names
     assert not [n for n in names if n.startswith(("tests/", "docs/", "benchmarks/"))]
     assert f"Version: {meshbridge.__version__}" in headers
     assert "License-Expression: Apache-2.0" in headers

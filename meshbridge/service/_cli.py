@@ -125,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="stop after this long (default: Ctrl-C)",
     )
+    demo.add_argument(
+        "--admin-listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="serve the admin page (and /metrics, /readyz) there, port 0 for a free one; "
+        "with the built-in config",
+    )
     demo.add_argument("--access-log", action="store_true", help="log every outside request")
     add_usage_parser(commands)
     commands.add_parser("kinds", help="list the installed provider kinds")
@@ -279,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("meshbridge.access").setLevel(logging.WARNING)
     host, port = args.listen
     try:
-        return asyncio.run(run_demo(args.config, host, port, args.duration))
+        admin = _address(*args.admin_listen) if args.admin_listen else None
+        return asyncio.run(run_demo(args.config, host, port, args.duration, admin=admin))
     except ConfigError as exc:
         return _errors(exc)
     except OSError as exc:

@@ -101,6 +101,7 @@ class ServerConfig:
     peers: tuple[PeerConfig, ...] = ()  # other meshbridges whose signed requests pass the gate
     admin_token: str | None = field(default=None, repr=False)  # admin_token_env's value
     admin_api_public: bool = False  # the admin API on `listen` too, not only `admin_listen`
+    admin_refresh: float = 2.0  # seconds between two refreshes of the admin page's live state
     trust_trace_context: bool = False  # continue outside callers' traceparent and baggage
 
     @property
@@ -223,6 +224,7 @@ def _server(
         peers=parse_peers(reader, providers, _scope),
         admin_token=_admin_token(reader, tokens),
         admin_api_public=reader.boolean("admin_api_public", False),
+        admin_refresh=reader.number("admin_refresh", d.admin_refresh, minimum=0.2, maximum=3600),
         trust_trace_context=reader.boolean("trust_trace_context", d.trust_trace_context),
     )
     reader.check_unknown()

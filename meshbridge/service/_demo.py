@@ -45,12 +45,22 @@ from ._service import Service, serve_until_signalled
 __all__ = ["BUILTIN_CONFIG", "Demo"]
 
 DEMO_TOKEN: Final = "demo-token-not-a-secret"
+ADMIN_TOKEN: Final = "demo-admin-token-not-a-secret"  # the admin page's, with --admin-listen
+# With --admin-listen: the admin listener (the admin page, /metrics, /readyz)
+# and a client whose token opens the admin page.
+_ADMIN: Final = 'admin_listen = "{address}"\n'
+_OPERATOR: Final = """
+# The operator of the admin page (`meshbridge demo --admin-listen`).
+[server.clients.operator]
+token = "{token}"
+admin = true
+"""
 BUILTIN_CONFIG: Final = """\
 # The config `meshbridge demo` runs: fake providers only (no key, no network).
 [server]
 listen = "127.0.0.1:8080"
 grace_period = 2.0
-
+{admin}
 [server.clients.demo]
 token = "{token}"
 source = "api"
@@ -97,15 +107,22 @@ split = {{ flaky = 80, local-anthropic = 20 }}
 [limits.batch]
 match = {{ source = "batch" }}
 requests_per_minute = 40
-"""
+{operator}"""
 _CIRCUIT: Final = {0.0: "closed", 0.5: "half-open", 1.0: "open"}
 _VARIANTS: Final = (200, 300)  # tokens_per_second of `local`, swapped at each reload
 _RELOAD_EVERY: Final = 4.0
 _OUTSIDE_EVERY: Final = 1.0
 
 
-def builtin_config(variant: int = 0) -> str:
-    return BUILTIN_CONFIG.format(token=DEMO_TOKEN, tps=_VARIANTS[variant % len(_VARIANTS)])
+def builtin_config(variant: int = 0, admin: str | None = None) -> str:
+    """The built-in config; ``admin``: the ``admin_listen`` address, with an
+    admin client whose token is :data:`ADMIN_TOKEN`."""
+    return BUILTIN_CONFIG.format(
+        token=DEMO_TOKEN,
+        tps=_VARIANTS[variant % len(_VARIANTS)],
+        admin=_ADMIN.format(address=admin) if admin else "",
+        operator=_OPERATOR.format(token=ADMIN_TOKEN) if admin else "",
+    )
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -175,10 +192,13 @@ def _model(config: Config, provider: str, wire: str) -> str:
 class Demo:
     """The demo workload around a running :class:`Service`."""
 
-    def __init__(self, service: Service, out: TextIO, variant_file: Path | None) -> None:
+    def __init__(
+        self, service: Service, out: TextIO, variant_file: Path | None, admin: str | None = None
+    ) -> None:
         self.service = service
         self.out = out
         self._variant_file = variant_file  # the built-in config, rewritten at each reload
+        self._admin = admin  # its admin_listen
         self._variant = 0
         self.rows: dict[tuple[str, str, str], Row] = {}
         self.reloads = 0
@@ -309,7 +329,7 @@ class Demo:
         while True:
             if self._variant_file is not None:
                 self._variant += 1
-                self._variant_file.write_text(builtin_config(self._variant))
+                self._variant_file.write_text(builtin_config(self._variant, self._admin))
             self.reloads += await self.service.reloader.reload()
             await asyncio.sleep(_RELOAD_EVERY)
 
@@ -443,8 +463,10 @@ async def run_demo(
     port: int | None,
     duration: float | None,
     out: TextIO = sys.stdout,
+    admin: str | None = None,
 ) -> int:
-    """Serve a config of fake providers under the demo workload (see module doc)."""
+    """Serve a config of fake providers under the demo workload (see module doc);
+    ``admin``: the built-in config's ``admin_listen`` (HOST:PORT)."""
     with contextlib.ExitStack() as stack:
         variant_file = None
         if config_path is None:
@@ -452,17 +474,20 @@ async def run_demo(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="meshbridge-demo-"))
             )
             config_path = variant_file = folder / "demo.toml"
-            variant_file.write_text(builtin_config(0))
+            variant_file.write_text(builtin_config(0, admin))
         config = load_config(config_path)
         if not any(p.kind == "fake" for p in config.providers.values()):
             out.write(f"{config_path}: the demo needs at least one provider of kind 'fake'\n")
             return 2
         stack.enter_context(_quiet_fake_failures())
         async with Service(config, host=host, port=port) as service:
-            demo = Demo(service, out, variant_file)
+            demo = Demo(service, out, variant_file, admin)
             url, first = service.url, demo.providers[0]
             out.write(f"meshbridge demo: serving {', '.join(service.mesh.providers)} on {url}\n")
-            out.write(f"  metrics: {url}/metrics\n")
+            out.write(f"  metrics: {service.admin_url or url}/metrics\n")
+            if service.admin_url is not None:
+                token = ADMIN_TOKEN if variant_file is not None else "<an admin token>"
+                out.write(f"  admin page: {service.admin_url}/admin/ (token: {token})\n")
             if service.ledger is not None:
                 out.write(f"  usage ledger: {service.ledger.where} (meshbridge usage)\n")
             if demo.client is not None:

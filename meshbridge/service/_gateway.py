@@ -37,8 +37,9 @@ Rules of the gateway:
 7. ``/healthz`` (the process is up), ``/readyz`` (every provider started, not
    shutting down) and ``/metrics`` (the mesh registry) need no token. With
    ``admin_listen`` they are served on that listener only (``/healthz`` on
-   both), and the admin listener serves nothing else but the admin API
-   (``/admin/api/...``, behind its own gate: ``_admin_gate.py``).
+   both), and the admin listener serves nothing else but the admin page and
+   API (``/admin/``, ``/admin/api/...``, behind their own gate:
+   ``_admin_gate.py``, ``_admin_page.py``).
 8. One structured access-log line per request (``_access_log.py``),
    also for what never reached a handler (malformed HTTP, head timeouts).
 9. A request the gateway refuses after the gate knew its caller is recorded
@@ -74,6 +75,9 @@ from meshbridge.providers import PEER_HEADER
 
 from ._access_log import CLIENT, HANDED, ON_END, PROVIDER, RESPONSE, SENT, access_log, log_rejected
 from ._admin_gate import AdminGate
+from ._admin_page import AdminPage
+from ._admin_rates import Rates
+from ._admin_state import AdminState, WorkerFamilies
 from ._config import ClientConfig, ServerConfig
 from ._edge_trace import TRACE_HEADERS, EdgeTracing, edge_tracing
 from ._http_guard import (
@@ -154,6 +158,15 @@ class Gateway:
             lambda: self.reloader.config.ledger if self.ledger is not None else None,
             self.admin_gate,
         )
+        # the merged metrics of every worker, under `serve --workers` (_worker.py)
+        self.worker_families: WorkerFamilies | None = None
+        state = AdminState(
+            reloader,
+            Rates(),
+            worker=lambda: self.worker,
+            worker_families=lambda: self.worker_families,
+        )
+        self.admin_page = AdminPage(self.admin_gate, state, self.usage, lambda: self.settings)
 
     rejected = staticmethod(log_rejected)  # the listener's access lines (_http_guard.py)
 
@@ -177,11 +190,13 @@ class Gateway:
             app[ON_END] = [record_refusals(self.ledger)]
         app.on_response_prepare.append(server_header)
         app.cleanup_ctx.append(self._mesh_session)
+        app.cleanup_ctx.append(self.admin_page.sampling)
         routes: list[tuple[str, str, Handler]] = [
             ("GET", "/healthz", self._healthz),
             ("GET", "/readyz", self._admin(self._readyz)),
             ("GET", "/metrics", self._admin(self.metrics or self.mesh.metrics_handler())),
             *self.usage.routes(),
+            *self.admin_page.routes(),
             ("*", "/{provider}/{tail:.*}", self._forward),
             ("*", "/{tail:.*}", self._no_route),
         ]
@@ -226,7 +241,7 @@ class Gateway:
 
     async def _no_route(self, request: web.Request) -> web.Response:
         if self._on_admin(request):
-            message = "the admin listener serves /metrics, /healthz, /readyz and /admin/api/"
+            message = "the admin listener serves /metrics, /healthz, /readyz and /admin/"
         elif self.admin_apart:
             message = "use /<provider>/... or /healthz"
         else:

@@ -35,6 +35,7 @@ from ._ledger_store import Store
 __all__ = [
     "GROUP_BY",
     "MAX_PAGE",
+    "OUTCOMES",
     "LedgerReader",
     "UsageFilter",
     "UsageRow",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 GROUP_BY: Final = (*GROUPS, "day")
+OUTCOMES: Final = ("completed", "error", "cancelled")  # a CallRecord's outcome
 MAX_PAGE: Final = 1000
 _TOKENS: Final = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
 _SPAN: Final = re.compile(r"(\d{1,6})([smhdw])")
@@ -71,7 +73,11 @@ def parse_when(value: str, now: datetime, name: str = "time") -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class UsageFilter:
-    """Which calls: started in ``[since, until)``, and equal to each field given."""
+    """Which calls: started in ``[since, until)``, and equal to each field given.
+
+    Raises:
+        ValueError: ``outcome`` is not one of ``OUTCOMES`` (the message names it).
+    """
 
     since: datetime | None = None
     until: datetime | None = None
@@ -80,6 +86,13 @@ class UsageFilter:
     client: str | None = None
     provider: str | None = None
     model: str | None = None
+    outcome: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome is not None and self.outcome not in OUTCOMES:
+            raise ValueError(
+                f"outcome: expected one of {', '.join(OUTCOMES)}, got {self.outcome[:32]!r}"
+            )
 
     def where(self) -> list[ColumnElement[bool]]:
         found: list[ColumnElement[bool]] = []
@@ -89,7 +102,8 @@ class UsageFilter:
             until = self.until.timestamp()
             found += [calls.c.id < id_at(until, after=True), calls.c.started < self.until]
         equal = {"source": self.source, "api_key_id": self.api_key_id, "client": self.client,
-                 "provider": self.provider, "model": self.model}  # fmt: skip
+                 "provider": self.provider, "model": self.model,
+                 "outcome": self.outcome}  # fmt: skip
         found += [calls.c[column] == value for column, value in equal.items() if value is not None]
         return found
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -31,7 +33,7 @@ from ._config import Config, ProviderConfig, load_config
 from ._ledger import Ledger
 from ._limits_config import LimitsConfig
 
-__all__ = ["Reloader", "mesh_from_config"]
+__all__ = ["ReloadFailure", "Reloader", "mesh_from_config"]
 
 log = logging.getLogger("meshbridge")
 
@@ -71,6 +73,19 @@ class _ReloadMetrics:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadFailure:
+    """A reload that left the running table as it was.
+
+    Attributes:
+        at: when it failed, seconds since the epoch.
+        error: what was wrong, as logged (a config's errors, each with its key path).
+    """
+
+    at: float
+    error: str
+
+
 class Reloader:
     """Keeps a mesh's router table in step with a config file.
 
@@ -86,6 +101,12 @@ class Reloader:
     --listen``); a reload whose ``server.listen`` differs from it logs that
     a restart is needed to apply it. So does one that adds, changes or
     removes ``server.admin_listen`` (:attr:`admin_on`, as started).
+
+    For the admin page it remembers :attr:`loaded_at` (when the running
+    config was loaded, seconds since the epoch), :attr:`generation` (0 for
+    the config it started with, then one more per successful reload),
+    :attr:`successes` and :attr:`failures`, and :attr:`last_failure` (the
+    latest failed reload, kept after a later success).
     """
 
     def __init__(
@@ -105,6 +126,24 @@ class Reloader:
         self._reloads = _ReloadMetrics(mesh.registry)
         self.listening_on: str | None = config.server.listen
         self.admin_on: tuple[str, int] | None = config.server.admin
+        self.loaded_at = time.time()
+        self.generation = 0
+        self.last_failure: ReloadFailure | None = None
+
+    @property
+    def successes(self) -> int:
+        """Reloads that swapped a new table in (``meshbridge_config_reloads_total``)."""
+        return self._reloads.success
+
+    @property
+    def failures(self) -> int:
+        """Reloads that left the running table as it was."""
+        return self._reloads.failure
+
+    def _failed(self, error: str) -> bool:
+        self._reloads.failure += 1
+        self.last_failure = ReloadFailure(time.time(), error)
+        return False
 
     def install(self) -> None:
         """Register the providers of :attr:`config` on the (not yet started) mesh."""
@@ -132,13 +171,11 @@ class Reloader:
             try:
                 config = load_config(path, self._environ, content=content)
             except ConfigError as exc:
-                self._reloads.failure += 1
                 log.error("config reload rejected, the running table is unchanged:\n%s", exc)
-                return False
-            except Exception:  # a kind's parser that fails: still one counted failure
-                self._reloads.failure += 1
+                return self._failed(str(exc))
+            except Exception as exc:  # a kind's parser that fails: still one counted failure
                 log.exception("config reload failed, the running table is unchanged")
-                return False
+                return self._failed(f"{type(exc).__name__}: {exc}")
             try:
                 apps: dict[str, web.Application] = {}
                 for name, provider in config.providers.items():
@@ -154,10 +191,9 @@ class Reloader:
                     policies=config.policies,
                     routes=config.routes,
                 )
-            except Exception:
-                self._reloads.failure += 1
+            except Exception as exc:
                 log.exception("config reload failed to start, the running table is unchanged")
-                return False
+                return self._failed(f"a provider failed to start: {type(exc).__name__}: {exc}")
             listen = config.server.listen
             if self.listening_on is not None and listen != self.listening_on:
                 log.warning(
@@ -176,6 +212,7 @@ class Reloader:
                 )
             await self._reload_limits(config.limits, path)
             self.config, self._apps = config, apps
+            self.loaded_at, self.generation = time.time(), self.generation + 1
             if self.ledger is not None:
                 await self._reload_ledger(config)
             self._reloads.success += 1

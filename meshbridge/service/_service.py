@@ -306,7 +306,8 @@ async def serve_until_signalled(
         )
     providers = ", ".join(service.mesh.providers)
     pid = f"pid {os.getpid()}, pid file {path}" if path else f"pid {os.getpid()}"
-    log.info("serving %s on %s (%s)", providers, service.url, pid)
+    admin = f"; admin on {service.admin_url} (the admin page: /admin/)" if service.admin_url else ""
+    log.info("serving %s on %s (%s)%s", providers, service.url, pid, admin)
     try:
         await stopped.wait()
     finally:

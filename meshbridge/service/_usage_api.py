@@ -3,7 +3,8 @@ JSON, behind the admin gate (``_admin_gate.py``).
 
 Both take the filters ``since``, ``until`` (ISO 8601, or a span back from
 now such as ``30m``, ``24h``, ``7d``), ``source``, ``key``, ``client``,
-``provider`` and ``model``. ``/admin/api/calls`` pages with ``limit`` (1 to
+``provider``, ``model`` and ``outcome`` (``completed``, ``error``,
+``cancelled``). ``/admin/api/calls`` pages with ``limit`` (1 to
 1000, default 100) and ``cursor`` (the ``next_cursor`` of the page before);
 ``/admin/api/usage`` groups with ``group_by``. A bad parameter is a 400
 naming it. Queries run in a thread, a few at a time, never on the event loop.
@@ -31,14 +32,15 @@ __all__ = ["UsageAPI", "call_json", "filter_of", "row_json"]
 Query = Callable[[LedgerReader], Any]  # run in a thread with the service's reader
 _AT_ONCE: Final = 4  # queries running together; more wait their turn
 _FILTERS: Final = {"source": "source", "key": "api_key_id", "client": "client",
-                   "provider": "provider", "model": "model"}  # fmt: skip
+                   "provider": "provider", "model": "model", "outcome": "outcome"}  # fmt: skip
 
 
 def filter_of(params: Mapping[str, str], now: datetime | None = None) -> UsageFilter:
     """The filter of query parameters (or CLI options) named as in ``_FILTERS``.
 
     Raises:
-        ValueError: a time that is neither ISO 8601 nor a span (the message names it).
+        ValueError: a time that is neither ISO 8601 nor a span, or an unknown
+            outcome (the message names it).
     """
     now = now or datetime.now(UTC)
     since, until = params.get("since"), params.get("until")
@@ -94,48 +96,61 @@ class UsageAPI:
                 self._reader = await asyncio.to_thread(LedgerReader, config)
             return await asyncio.to_thread(query, self._reader)
 
-    async def _answer(
-        self, params: Mapping[str, str], query_for: Callable[[UsageFilter], Query]
-    ) -> Any:
-        """The answer of the query ``query_for`` makes of the filters in
-        ``params``, or the error response (400 names a bad parameter)."""
-        try:
-            return await self._run(query_for(filter_of(params)))
-        except ValueError as exc:
+    async def calls(self, params: Mapping[str, str]) -> tuple[list[CallRecord], str | None]:
+        """A page of calls for the query ``params`` (the filters, ``limit``,
+        ``cursor``) and the cursor of the next page (None: the last).
+
+        Raises:
+            ValueError: a bad parameter (the message names it).
+            LookupError: the ledger is off.
+            Exception: the database's error.
+        """
+        where = filter_of(params)
+        limit = params.get("limit", "100")
+        if not limit.isdigit():
+            raise ValueError(f"limit: expected a number of calls, got {limit[:32]!r}")
+        cursor = params.get("cursor") or None
+        found: tuple[list[CallRecord], str | None] = await self._run(
+            lambda reader: reader.calls(where, limit=int(limit), cursor=cursor)
+        )
+        return found
+
+    async def summary(self, params: Mapping[str, str]) -> list[UsageRow]:
+        """The summary for the query ``params`` (the filters, ``group_by``).
+
+        Raises:
+            ValueError: a bad parameter (the message names it).
+            LookupError: the ledger is off.
+            Exception: the database's error.
+        """
+        where = filter_of(params)
+        group_by = params.get("group_by") or None
+        if group_by is not None and group_by not in GROUP_BY:
+            raise ValueError(f"group_by: expected one of {', '.join(GROUP_BY)}, got {group_by!r}")
+        rows: list[UsageRow] = await self._run(lambda reader: reader.summary(where, group_by))
+        return rows
+
+    @staticmethod
+    def refusal(exc: Exception) -> web.Response:
+        """The error response of what :meth:`calls` or :meth:`summary` raised."""
+        if isinstance(exc, ValueError):
             return json_error(400, "invalid_request_error", str(exc))
-        except LookupError as exc:
+        if isinstance(exc, LookupError):
             return json_error(404, "not_found", str(exc))
-        except Exception as exc:  # the database is down: say so, no traceback
-            return json_error(503, "unavailable", f"the ledger's database: {type(exc).__name__}")
+        # the database is down: say so, no traceback
+        return json_error(503, "unavailable", f"the ledger's database: {type(exc).__name__}")
 
     async def _calls(self, request: web.Request) -> web.StreamResponse:
-        params = request.query
-
-        def query(where: UsageFilter) -> Query:
-            limit = params.get("limit", "100")
-            if not limit.isdigit():
-                raise ValueError(f"limit: expected a number of calls, got {limit[:32]!r}")
-            cursor = params.get("cursor") or None
-            return lambda reader: reader.calls(where, limit=int(limit), cursor=cursor)
-
-        found = await self._answer(params, query)
-        if isinstance(found, web.Response):
-            return found
-        page, after = found
+        try:
+            page, after = await self.calls(request.query)
+        except Exception as exc:
+            return self.refusal(exc)
         return web.json_response({"calls": [call_json(r) for r in page], "next_cursor": after})
 
     async def _usage(self, request: web.Request) -> web.StreamResponse:
-        params = request.query
-        group_by = params.get("group_by") or None
-
-        def query(where: UsageFilter) -> Query:
-            if group_by is not None and group_by not in GROUP_BY:
-                raise ValueError(
-                    f"group_by: expected one of {', '.join(GROUP_BY)}, got {group_by!r}"
-                )
-            return lambda reader: reader.summary(where, group_by)
-
-        rows = await self._answer(params, query)
-        if isinstance(rows, web.Response):
-            return rows
+        try:
+            rows = await self.summary(request.query)
+        except Exception as exc:
+            return self.refusal(exc)
+        group_by = request.query.get("group_by") or None
         return web.json_response({"group_by": group_by, "rows": [row_json(r) for r in rows]})

@@ -22,7 +22,7 @@ from typing import Any, Final, TextIO
 from meshbridge import ConfigError
 
 from ._config import load_config
-from ._ledger_query import GROUP_BY, MAX_PAGE, LedgerReader
+from ._ledger_query import GROUP_BY, MAX_PAGE, OUTCOMES, LedgerReader
 from ._usage_api import call_json, filter_of, row_json
 
 __all__ = ["add_usage_parser", "usage"]
@@ -51,6 +51,7 @@ def add_usage_parser(commands: Any) -> None:
     for name, what in (("source", "Source"), ("key", "API key id"), ("client", "gateway client"),
                        ("provider", "provider"), ("model", "model")):  # fmt: skip
         usage.add_argument(f"--{name}", metavar=name.upper(), help=f"only calls of this {what}")
+    usage.add_argument("--outcome", choices=OUTCOMES, help="only calls that ended so")
     usage.add_argument("--group-by", choices=GROUP_BY, help="one summary line per value")
     usage.add_argument("--format", choices=("table", "json", "csv"), default="table")
     usage.add_argument("--calls", action="store_true", help="list calls, newest first")
@@ -96,8 +97,8 @@ def usage(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if unset:
         print(f"meshbridge usage: environment variable {unset[0]} is not set", file=sys.stderr)
         return 1
-    params = {k: v for k in ("since", "until", "source", "key", "client", "provider", "model")
-              if (v := getattr(args, k)) is not None}  # fmt: skip
+    params = {k: v for k in ("since", "until", "source", "key", "client", "provider", "model",
+                             "outcome") if (v := getattr(args, k)) is not None}  # fmt: skip
     try:
         where = filter_of(params)
     except ValueError as exc:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from ._config import load_config
 from ._control import Channel, SupervisorNonces
 from ._nonces import SharedNonces
 from ._service import Service, serve_until_signalled
-from ._worker_metrics import metrics_handler, socket_path, worker_registry_app
+from ._worker_metrics import merged_families, metrics_handler, socket_path, worker_registry_app
 
 __all__ = ["WorkerSpec", "address", "run_worker"]
 
@@ -86,6 +87,9 @@ async def _work(channel: Channel, config_path: Path, host: str, port: int,
         service.share_nonces(shared.store)  # and the supervisor stands in for it
     registry = service.mesh.registry
     service.gateway.metrics = metrics_handler(registry, spec.index, spec.count, spec.directory)
+    service.gateway.worker_families = partial(
+        merged_families, registry, spec.index, spec.count, spec.directory
+    )
     private = web.AppRunner(worker_registry_app(registry), handle_signals=False, access_log=None)
     stopped = asyncio.Event()
     reloads = _Reloads(service)

@@ -39,7 +39,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
 
-__all__ = ["merge", "metrics_handler", "socket_path", "worker_registry_app"]
+__all__ = ["merge", "merged_families", "metrics_handler", "socket_path", "worker_registry_app"]
 
 _SUMMED = frozenset({"counter", "histogram"})
 _SCRAPE_TIMEOUT = 2.0  # seconds for a sibling to answer; past it, it counts as down
@@ -120,22 +120,32 @@ async def _read(directory: Path, worker: int) -> str | None:
         return None
 
 
+async def merged_families(
+    registry: CollectorRegistry, worker: int, workers: int, directory: Path
+) -> list[Metric]:
+    """The families of the whole server, as worker ``worker`` of ``workers``
+    sees them: its own ``registry`` merged with its siblings' (read in
+    ``directory``); see the module's rules."""
+
+    async def text_of(i: int) -> tuple[int, str | None]:
+        if i == worker:
+            return i, openmetrics(registry).decode()  # type: ignore[no-untyped-call]
+        return i, await _read(directory, i)
+
+    return merge(await asyncio.gather(*(text_of(i) for i in range(workers))))
+
+
 def metrics_handler(
     registry: CollectorRegistry, worker: int, workers: int, directory: Path
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The ``/metrics`` handler of worker ``worker`` of ``workers``: its own
-    ``registry`` merged with its siblings' (read in ``directory``), in the
-    format the scraper asks for (Prometheus text or OpenMetrics)."""
+    """The ``/metrics`` handler of worker ``worker`` of ``workers``: the
+    :func:`merged_families`, in the format the scraper asks for (Prometheus
+    text or OpenMetrics)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        async def text_of(i: int) -> tuple[int, str | None]:
-            if i == worker:
-                return i, openmetrics(registry).decode()  # type: ignore[no-untyped-call]
-            return i, await _read(directory, i)
-
-        texts = await asyncio.gather(*(text_of(i) for i in range(workers)))
+        families = await merged_families(registry, worker, workers, directory)
         merged = CollectorRegistry(auto_describe=False)
-        merged.register(_Families(merge(texts)))
+        merged.register(_Families(families))
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(merged), headers={"Content-Type": content_type})
 

@@ -60,6 +60,16 @@ def watched(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> 
     return app
 
 
+def held_until(release: asyncio.Event) -> web.Application:
+    """A :func:`watched` app whose handler answers once ``release`` is set."""
+
+    async def held(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="done")
+
+    return watched(held)
+
+
 def sample(mesh: Mesh, name: str, **labels: str) -> float:
     value = mesh.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -187,12 +197,7 @@ async def test_an_open_circuit_answers_503_without_calling_the_provider(
 
 async def test_beyond_max_in_flight_the_caller_gets_503_at_once(make_mesh: MeshFactory) -> None:
     release = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(text="done")
-
-    app = watched(slow)
+    app = held_until(release)
     mesh = await make_mesh({"llm": app})
     mesh.set_policy("llm", Policy(max_in_flight=1))
     async with mesh.session() as session:

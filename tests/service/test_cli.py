@@ -185,6 +185,29 @@ async def test_serve_reloads_on_request_and_stops_on_sigterm(
 
 
 @pytest.mark.integration  # a real process
+async def test_demo_with_an_admin_listener_prints_the_admin_page_and_a_token_that_opens_it(
+    spawn: Spawn,
+) -> None:
+    process, log = await spawn(
+        "demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--duration", "3"
+    )
+    found = await wait_for(log, r"admin page: (http://127\.0\.0\.1:\d+)/admin/ \(token: (\S+)\)")
+    admin, token = found[1], found[2]
+    assert re.search(rf"metrics: {admin}/metrics", text(log))  # the admin listener's
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{admin}/admin/api/live") as r:
+            assert r.status == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        async with session.get(f"{admin}/admin/api/config", headers=headers) as r:
+            assert r.status == 200
+            names = [p["name"] for p in (await r.json())["providers"]]
+    assert names == ["local", "local-anthropic", "flaky"]
+    assert await process.wait() == 0
+    assert "config reloaded" in text(log)
+    assert "restart" not in text(log)  # its reloads keep the admin listener as it is
+
+
+@pytest.mark.integration  # a real process
 async def test_demo_feeds_every_metric_family(
     spawn: Spawn,
 ) -> None:

@@ -94,6 +94,11 @@ def errors_of(path: Path) -> list[str]:
             id="bad listen",
         ),
         pytest.param(
+            "[server]\nadmin_refresh = 0.05\n" + FAKE,
+            "server.admin_refresh: expected a number >= 0.2",
+            id="admin page refreshed too often",
+        ),
+        pytest.param(
             '[server.clients.ci]\ntoken_env = "MESHBRIDGE_TEST_UNSET"\n' + FAKE,
             "server.clients.ci.token_env: environment variable MESHBRIDGE_TEST_UNSET is not set",
             id="missing token env var",

@@ -31,7 +31,7 @@ max_body_bytes = 1000
 token = "{token}"
 source = "agents"
 api_key_id = "team-a"
-providers = ["llm", "slow", "primary", "backup", "broken"]
+providers = ["llm", "slow", "primary", "backup", "broken", "crashing"]
 [ledger]
 url = "sqlite:///{dir}/ledger.sqlite3"
 flush_interval = 0.05
@@ -61,6 +61,9 @@ time_to_first_token = 0
 kind = "fake"
 [providers.broken.policy]
 fault = {{ abort = 503, abort_ratio = 1.0 }}
+[providers.crashing]               # its handler raises on every generation: a 500
+kind = "fake"
+fail_every = 1
 [providers.hidden]                 # outside the client's scope
 kind = "fake"
 """
@@ -193,6 +196,19 @@ async def test_a_caller_that_leaves_a_stream_is_recorded_as_cancelled(
     assert (record.provider, record.status, record.outcome) == ("slow", 200, "cancelled")
     assert record.output_tokens is not None
     assert record.output_tokens < 1000
+
+
+async def test_a_handler_that_crashes_is_recorded_as_an_error_not_a_cancel(
+    service: Service, records: Records
+) -> None:
+    url = f"{service.url}/crashing/v1/chat/completions"
+    async with aiohttp.ClientSession() as session, session.post(url, json=CHAT, headers=AUTH) as r:
+        assert (r.status, await r.text()) == (
+            500,
+            "500 Internal Server Error\n\nServer got itself in trouble",
+        )
+    (record,) = await records(1)
+    assert (record.provider, record.status, record.outcome) == ("crashing", 500, "error")
 
 
 async def test_a_call_that_failed_over_is_recorded_with_the_provider_that_answered(
