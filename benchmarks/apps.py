@@ -14,6 +14,10 @@ the same work:
 * ``GET /stream?total=B&chunk=C``: ``B`` bytes in chunks of ``C``, for the
   slow reader. The handler counts what it has written in :class:`Produced`,
   so the reader can tell how much is held between the two.
+* ``GET /blob?size=B``: a ``B``-byte body with its ``Content-Length`` (made
+  once per size, as an app serving a file it holds in memory would), and
+  ``POST /sink``: reads the whole body, answers its length (the large-body
+  workloads).
 
 Each factory makes a new app: an aiohttp ``Application`` runs once.
 """
@@ -32,7 +36,7 @@ from starlette.routing import Route
 
 __all__ = ["PRODUCED", "Produced", "aiohttp_app", "starlette_app"]
 
-MAX_BODY = 16 * 1024 * 1024  # above the largest echo body
+MAX_BODY = 32 * 1024 * 1024  # above the largest body a workload sends
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 
@@ -110,10 +114,29 @@ async def _stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _blob(size: int, made: dict[int, bytes]) -> bytes:
+    if not 0 <= size <= MAX_BODY:
+        raise ValueError(f"size must be 0 to {MAX_BODY}")
+    if size not in made:
+        made[size] = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    return made[size]
+
+
+async def _sink(request: web.Request) -> web.Response:
+    return web.Response(text=str(len(await request.read())))
+
+
 def aiohttp_app() -> web.Application:
     """A fresh aiohttp app with the benchmark routes."""
     app = web.Application(client_max_size=MAX_BODY)
     app[PRODUCED] = Produced()
+    blobs: dict[int, bytes] = {}
+
+    async def blob(request: web.Request) -> web.Response:
+        return web.Response(body=_blob(int(request.query["size"]), blobs))
+
+    app.router.add_get("/blob", blob)
+    app.router.add_post("/sink", _sink)
     app.router.add_get("/small", _small)
     app.router.add_post("/echo", _echo)
     app.router.add_get("/sse", _sse)
@@ -174,8 +197,19 @@ async def _s_stream(request: Request) -> Response:
 
 def starlette_app() -> Starlette:
     """A fresh Starlette app with the same routes and bodies."""
+    blobs: dict[int, bytes] = {}
+
+    async def blob(request: Request) -> Response:
+        body = _blob(int(request.query_params["size"]), blobs)
+        return Response(body, media_type="application/octet-stream")
+
+    async def sink(request: Request) -> Response:
+        return PlainTextResponse(str(len(await request.body())))
+
     app = Starlette(
         routes=[
+            Route("/blob", blob),
+            Route("/sink", sink, methods=["POST"]),
             Route("/small", _s_small),
             Route("/echo", _s_echo, methods=["POST"]),
             Route("/sse", _s_sse),

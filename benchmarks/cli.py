@@ -1,5 +1,5 @@
 """The command line: ``python -m benchmarks [--smoke|--quick] [--rounds N] [--only W]
-[--json PATH]``, and ``python -m benchmarks soak [--quick]`` (see ``soak.py``),
+[--json PATH] [--no-valgrind]``, and ``python -m benchmarks soak [--quick]`` (see ``soak.py``),
 ``slowloris``, ``policies [--quick]`` (what traffic policies cost, see
 ``policies.py``), ``limits [--quick]`` (what limits cost, see ``limits.py``),
 ``ledger [--quick] [--postgres URL]`` (what the usage ledger costs and
@@ -19,10 +19,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import chaos, ledger, limits, policies, slowloris, soak, versions, workers
+from . import chaos, ledger, limits, policies, slowloris, soak, valgrind, versions, workers
 from .apart import serve_main
 from .contenders import CONTENDERS
-from .report import summarize, table, write_json
+from .report import summarize, table, valgrind_target, write_json
 from .runner import child_main, run
 from .workloads import FULL, QUICK, SMOKE, WORKLOADS
 
@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"run only these contenders (repeatable): {', '.join(CONTENDERS)}",
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where the figures go")
+    parser.add_argument(
+        "--no-valgrind",
+        action="store_true",
+        help="skip the valgrind counts (instructions per request, copies per body) that "
+        "follow the workloads where valgrind is installed (a few minutes)",
+    )
     parser.add_argument(
         "--child", nargs=2, metavar=("WORKLOAD", "CONTENDER"), help=argparse.SUPPRESS
     )
@@ -110,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return workers.main(argv[1:])
     if argv[:1] == ["versions"]:
         return versions.main(argv[1:])
+    if argv[:1] == ["valgrind"]:
+        return valgrind.main(argv[1:])
+    if argv[:1] == ["--valgrind-child"]:
+        return valgrind.child_main(argv[1:])
     if argv[:1] == ["slowloris"]:
         _raise_fd_limit()  # a descriptor per connection, here and in the server it starts
         return slowloris.main(argv[1:])
@@ -134,7 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = asyncio.run(run(workloads, names, scale, rounds))
     seconds = time.perf_counter() - started
     doc = summarize(workloads, names, results, scale, rounds, seconds)
+    if not (args.smoke or args.no_valgrind or args.only or args.contender):
+        if valgrind.available():
+            print("valgrind: counting instructions and copies (a few minutes)", file=sys.stderr)
+            doc["valgrind"] = asyncio.run(valgrind.count())
+            doc["targets"].append(valgrind_target(doc["valgrind"]))
+        else:
+            print("valgrind is not installed: no instruction or copy counts", file=sys.stderr)
     print(table(doc))
+    if "valgrind" in doc:
+        print(valgrind.summary(doc["valgrind"]))
     write_json(doc, args.json)
     print(f"\n{seconds:.0f} s; figures in {args.json}")
     failed = sum(len(e) for per in results.errors.values() for e in per.values())

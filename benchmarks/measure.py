@@ -64,11 +64,14 @@ def settle_allocator() -> None:
     a VM); freeing one big mmap'ed block raises that threshold (and the trim
     threshold) for good. Left to chance, whichever contender happens to free
     such a block first speeds up all that run after it: 4 MiB echoes went
-    from ~600 to ~4,000 MB/s between round one and two. Freeing a 16 MiB
-    block at the start gives every contender the steady state. (The dynamic
-    threshold stops at 32 MiB, so a bigger block would not do.)
+    from ~600 to ~4,000 MB/s between round one and two. Freeing a 31 MiB
+    block at the start gives every contender the steady state, 16 MiB bodies
+    included (a 16 MiB block freed first left a 16 MiB body with its head,
+    just above, mapped and unmapped each time: some 8,000 page faults per
+    transfer in some rounds, none in others). The dynamic threshold stops at
+    32 MiB, so a bigger block would not do.
     """
-    block = bytes(16 * 1024 * 1024)  # calloc'ed: mmap'ed, its pages never touched
+    block = bytes(31 * 1024 * 1024)  # calloc'ed: mmap'ed, its pages never touched
     del block
 
 

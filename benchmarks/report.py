@@ -25,7 +25,7 @@ from .measure import fmt, median
 from .runner import Results
 from .workloads import Scale, Workload
 
-__all__ = ["machine", "summarize", "table", "write_json"]
+__all__ = ["machine", "summarize", "table", "valgrind_target", "write_json"]
 
 REFERENCE = "tcp"
 UNARY_REFERENCE = "tcp-close"
@@ -156,12 +156,38 @@ def targets(m: Medians, results: Results) -> list[dict[str, Any]]:
             True,
         )
     )
+    # large bodies (issue 23): at least twice loopback TCP's throughput, each way
+    for w in ("down_1mib", "up_1mib", "down_16mib", "up_16mib"):
+        out.append(
+            _target(f"{w}: meshbridge / tcp", _ratio(m, w, MESH, "mb_per_s", REFERENCE), 2.0, True)
+        )
     peaks = [r.get("pipe_peak_kib") for r in results.rounds.get("slow_reader", {}).get(MESH, [])]
     worst = max((p for p in peaks if p is not None), default=None)
     out.append(
         _target("slow_reader: meshbridge pipe peak, worst round (KiB)", worst, 1024.0, False)
     )
     return out
+
+
+def valgrind_target(counts: dict[str, Any]) -> dict[str, Any]:
+    """Issue 23: the mesh's own bookkeeping at most 5% over the bare pipe, in instructions."""
+    value = counts["instructions_mesh_over_pipe"]
+    return _target("instructions per request: meshbridge / pipe", value, 1.05, False)
+
+
+def _spread(
+    results: Results, workload: str, contender: str, key: str, reference: str
+) -> list[float] | None:
+    """The lowest and highest ratio of a round to the reference's same round
+    (rounds rotate the order, so round i of each ran next to the other)."""
+    ours = results.rounds.get(workload, {}).get(contender, [])
+    theirs = results.rounds.get(workload, {}).get(reference, [])
+    ratios = [
+        a[key] / b[key]  # type: ignore[operator]
+        for a, b in zip(ours, theirs, strict=False)
+        if a.get(key) is not None and b.get(key)
+    ]
+    return [min(ratios), max(ratios)] if ratios else None
 
 
 def summarize(
@@ -196,6 +222,11 @@ def summarize(
                 "rounds": results.rounds.get(workload.name, {}).get(name, []),
                 "errors": results.errors.get(workload.name, {}).get(name, []),
             }
+            if workload.spread:
+                per[name]["vs_tcp_range"] = {
+                    f.key: _spread(results, workload.name, name, f.key, workload.reference)
+                    for f in workload.figures
+                }
             if workload.name.startswith("unary"):
                 per[name]["vs_tcp_close"] = {
                     "rps": _ratio(m, workload.name, name, "rps", UNARY_REFERENCE)
@@ -244,6 +275,9 @@ def table(doc: dict[str, Any]) -> str:
             for f in figures:
                 value, ratio = cell["median"].get(f["key"]), cell["vs_tcp"][f["key"]]
                 row += f" {fmt(value):>22} {_x(ratio):>11}"
+                spread = cell.get("vs_tcp_range", {}).get(f["key"])
+                if spread is not None and contender != workload["reference"]:
+                    row += f" ({spread[0]:.2f}-{spread[1]:.2f})"
             if name.startswith("unary"):
                 row += f" {_x(cell['vs_tcp_close']['rps']):>12}"
             if floor:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
 
+from .bodies import MIB, bodies
 from .contenders import CONTENDERS, Client, Contender
 from .fanout import fanout_round, read_stamped
 from .measure import PeakRSS, percentile
@@ -22,8 +23,8 @@ __all__ = ["FULL", "QUICK", "SMOKE", "WORKLOADS", "Figure", "Figures", "Scale", 
 
 Figures = dict[str, float | None]
 KIB = 1024
-MIB = 1024 * 1024
 LIMIT = ("floor",)  # canned answers: only where a response can be canned honestly
+BODIES = ("meshbridge", "tcp", "unix")  # the large-body workloads: aiohttp's own server
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Scale:
     slow_pause: float  # seconds the slow reader sleeps after each 64 KiB read
     time_cap: float  # seconds, per measurement
     warmup: int  # unary requests before each round
+    body_1mib: int  # transfers of 1 MiB per round of a large-body workload
+    body_16mib: int  # and of 16 MiB
 
 
 FULL = Scale(
@@ -67,6 +70,8 @@ FULL = Scale(
     slow_pause=0.001,
     time_cap=6.0,
     warmup=300,
+    body_1mib=200,
+    body_16mib=20,
 )
 
 # A quarter of the counts and half the time cap: each Python's run of
@@ -89,6 +94,8 @@ QUICK = Scale(
     slow_pause=0.001,
     time_cap=3.0,
     warmup=200,
+    body_1mib=50,
+    body_16mib=6,
 )
 
 SMOKE = Scale(
@@ -109,6 +116,8 @@ SMOKE = Scale(
     slow_pause=0.0,
     time_cap=5.0,
     warmup=10,
+    body_1mib=2,
+    body_16mib=1,
 )
 
 
@@ -130,6 +139,7 @@ class Workload:
     contenders: tuple[str, ...] = ()  # only these; () = every contender that runs everywhere
     also: tuple[str, ...] = ()  # and these, which run only where named (everywhere = False)
     reference: str = "tcp"  # what the ratios are taken against
+    spread: bool = False  # report the range of the per-round ratios too
 
     def rounds(self, asked: int) -> int:
         """Memory figures vary little and each round costs a process: at most 3."""
@@ -305,6 +315,29 @@ async def _slow_reader(contender: Contender, scale: Scale) -> Figures:
     }
 
 
+def _bodies(down: bool, size: int, transfers: Callable[[Scale], int]) -> Workload:
+    label = f"{size // MIB}mib"
+    figures = [Figure("mb_per_s", "MB/s", True), Figure("cpu_mb_per_s", "MB/cpu-s", True)]
+    if size >= 16 * MIB:
+        figures.append(Figure("peak_mib", "MiB", False))
+    way = "download" if down else "upload"
+    return Workload(
+        f"{'down' if down else 'up'}_{label}",
+        f"{size // MIB} MiB {way}, whole",
+        tuple(figures),
+        bodies(down, size, transfers),
+        (
+            "GET /blob read with response.read()"
+            if down
+            else "POST /sink of one bytes object, read with request.read()"
+        )
+        + "; MB/s of wall time and of CPU time (the process's, the kernel's socket work "
+        "included); peak: the most memory Python held during one transfer (tracemalloc)",
+        contenders=BODIES,
+        spread=True,
+    )
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -401,5 +434,9 @@ WORKLOADS: dict[str, Workload] = {
             "in-memory pipes (mesh.peak_buffered_bytes)",
             isolated=True,
         ),
+        _bodies(True, MIB, lambda s: s.body_1mib),
+        _bodies(False, MIB, lambda s: s.body_1mib),
+        _bodies(True, 16 * MIB, lambda s: s.body_16mib),
+        _bodies(False, 16 * MIB, lambda s: s.body_16mib),
     )
 }

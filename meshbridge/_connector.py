@@ -21,7 +21,7 @@ from aiohttp import ClientRequest, ClientTimeout
 from aiohttp.connector import Connection
 from aiohttp.payload import BytesPayload
 
-from ._aiohttp import ConnectorBase
+from ._aiohttp import ConnectorBase, channel_of
 from ._call import Call
 from ._estimate import Estimate
 from ._exceptions import MeshError, MissingAPIKeyID
@@ -30,7 +30,6 @@ from ._limiter import Limiter
 from ._limits import CallIdentity, TokenUsage
 from ._link import Channel, Link
 from ._metrics import MeshMetrics, method_label
-from ._pipe import PipeEnd
 from ._provider import RUNNING, Provider
 from ._relay import Relay
 from ._routing import check_name
@@ -113,7 +112,10 @@ class MeshConnector(ConnectorBase):
         routed = name in traffic.route_table
         governed = routed or name in traffic.guards
         first = traffic.choose(name, source, api_key_id) if routed else name
-        provider = self._router.lookup(first)
+        router = self._router
+        provider = router._table.get(first) if router.accepting else None
+        if provider is None:
+            provider = router.lookup(first)  # raises what is wrong
         if api_key_id is None and provider.require_api_key_id:
             raise MissingAPIKeyID(provider.name)
         if provider.state != RUNNING:
@@ -138,8 +140,16 @@ class MeshConnector(ConnectorBase):
                     governed = True  # the mesh answers it itself, from a relay
                 elif admission is not None and admission.owes:
                     admitted = admission  # settled when the call finishes
+        wanted = None if governed else provider  # a relay's serves any provider
         try:
-            conn, channel = await self._channel(req, traces, timeout, name, provider, governed)
+            # A pooled connection first, as BaseConnector.connect does (inline:
+            # the usual case, one coroutine fewer per request).
+            conn = await self.pooled(req.connection_key, traces)
+            channel: Channel | None = channel_of(conn) if conn is not None else None
+            if conn is None or channel is None or not channel.serves(name, wanted):
+                conn, channel = await self._channel(
+                    req, traces, timeout, name, provider, wanted, conn, channel
+                )
         except BaseException:
             if admitted is not None and limiter is not None:
                 limiter.settle_nowait(admitted, TokenUsage())  # it reached no provider
@@ -170,20 +180,20 @@ class MeshConnector(ConnectorBase):
         timeout: ClientTimeout,
         name: str,
         provider: Provider,
-        governed: bool,
+        wanted: Provider | None,
+        conn: Connection | None = None,
+        channel: Channel | None = None,
     ) -> tuple[Connection, Channel]:
-        """A pooled connection for ``name`` first, as ``BaseConnector.connect``
-        does; a new one is made by ``_create_connection``, told how through
-        ``_opener``: a relay for a governed name, else a link to ``provider``."""
-        wanted = None if governed else provider
-        conn = await self.pooled(req, traces)
-        channel = _channel_of(conn) if conn is not None else None
+        """A connection for ``name`` when the pooled one (``conn``, on
+        ``channel``) is missing or serves another: a new one is made by
+        ``_create_connection``, told how through ``_opener``: a relay for a
+        governed name (``wanted`` None), else a link to ``provider``."""
         while conn is None or channel is None or not channel.serves(name, wanted):
             if conn is not None:
                 conn.close()  # a link to a provider that was replaced: never reuse it
             opener: Opener = (
                 partial(self._mesh._relay, name)
-                if governed
+                if wanted is None
                 else partial(_open_link, provider, self._metrics)
             )
             token = _opener.set(opener)
@@ -191,14 +201,14 @@ class MeshConnector(ConnectorBase):
                 conn = await super().connect(req, traces, timeout)
             finally:
                 _opener.reset(token)
-            channel = _channel_of(conn)
+            channel = channel_of(conn)
         return conn, channel
 
-    def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> None:
+    def open_pipe(self, req: ClientRequest, protocol: asyncio.Protocol) -> Channel:
         opener = _opener.get()
         if opener is None:
             raise MeshError("MeshConnector.connect() must be used to open connections")
-        opener(protocol, req.is_ssl())
+        return opener(protocol, req.is_ssl())
 
 
 async def _estimate(limiter: Limiter, req: ClientRequest) -> Estimate:
@@ -208,13 +218,6 @@ async def _estimate(limiter: Limiter, req: ClientRequest) -> Estimate:
     data = await body.as_bytes() if isinstance(body, BytesPayload) else None
     size = None if req.chunked else (body.size if body else 0)
     return limiter.estimate(req.method, req.url.raw_path, data, size)
-
-
-def _channel_of(conn: Connection) -> Channel | None:
-    """The channel (a direct link or a relay) a connection runs on."""
-    transport = conn.transport
-    owner = transport.pipe.owner if isinstance(transport, PipeEnd) else None
-    return owner if isinstance(owner, Channel) else None
 
 
 def _open_link(

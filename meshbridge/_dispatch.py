@@ -70,6 +70,7 @@ class Dispatch:
         "replay_limit",
         "replayable",
         "sent",
+        "sized_body",
         "ticket",
         "timer",
         "tries",
@@ -84,6 +85,7 @@ class Dispatch:
         self.refused = False  # the budget refused a retry (Rule 8)
         self.replay_limit = _DEFAULT_REPLAY_LIMIT
         self.replayable = body_size is not None  # a streamed body is never replayed (Rule 3)
+        self.sized_body = bool(body_size)  # a body of known length: it may skip the parser
         self.sent: list[bytes] = []  # request bytes kept for a replay, or not yet forwarded
         self.kept = 0  # bytes in sent (while replayable: every byte the caller sent)
         self.received = False  # whether request bytes came from the caller

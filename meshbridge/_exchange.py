@@ -50,18 +50,15 @@ class Exchange:
         "_metrics",
         "_series",
         "_started",
-        "api_key_id",
         "call",
         "connect_failed",
         "failed",
         "finished",
         "listener",
-        "method",
         "outcome",
         "provider",
         "request_body",
         "response_bytes",
-        "source",
         "status",
     )
 
@@ -73,11 +70,8 @@ class Exchange:
         metrics: MeshMetrics | None = None,
         listener: Callable[[Exchange], None] | None = None,
     ) -> None:
-        self.call = call
+        self.call = call  # its Source, key id and method are the call's
         self.provider = provider
-        self.source = call.source
-        self.api_key_id = call.api_key_id
-        self.method = call.method
         self.status = 0  # 0 until response headers are sent
         self.response_bytes = 0
         self.failed = False  # the handler raised
@@ -91,7 +85,8 @@ class Exchange:
         # Told when it finishes: the relay whose attempt it is. None on a direct
         # link, where the one attempt is the call, which it ends.
         self.listener = listener
-        self._started = perf_counter()
+        # A direct link's one attempt starts with its call; a relay's later ones later.
+        self._started = perf_counter() if listener is not None else call.started
         call.attempts += 1
         if series is not None:
             series.in_flight += 1
@@ -119,10 +114,6 @@ class Exchange:
             if self._series is not None:
                 self._series.handler_errors += 1
 
-    def body_delivered(self) -> None:
-        """The whole response reached the caller's side of the connection."""
-        self.finish(ERROR if self.failed else COMPLETED)
-
     def connection_closed(self, by_caller: bool) -> None:
         """The connection closed before the body was delivered."""
         if self.status == 101 and not self.failed:
@@ -143,17 +134,21 @@ class Exchange:
         if ttft is not None:
             self._series.first_token_after(label, ttft)
 
-    def finish(self, outcome: str) -> None:
+    def finish(self, outcome: str | None = None) -> None:
+        """The attempt ended as ``outcome``; by default, its whole response
+        reached the caller's side of the connection (``body_delivered``)."""
         if self.finished:
             return
         self.finished = True
+        if outcome is None:
+            outcome = ERROR if self.failed else COMPLETED
         self.outcome = outcome
         duration = perf_counter() - self._started
         trace = self.call.trace
         if self._series is not None:
             body = self.request_body
             self._series.finished(
-                self.method,
+                self.call.method,
                 self.status,
                 outcome,
                 duration,
@@ -161,13 +156,15 @@ class Exchange:
                 self.response_bytes,
             )
             if trace is not None:
-                trace.observed(self._series.durations[self.method], duration)
+                trace.observed(self._series.durations[self.call.method], duration)
         if self.listener is not None:
             if trace is not None:
                 trace.attempt(self)
             self.listener(self)
         else:
             self.call.end(self.status, outcome)
+
+    body_delivered = finish  # the name the server's writer calls it by: no extra frame
 
 
 # Where a provider's request keeps its Exchange: a typed key of the request's
@@ -182,13 +179,13 @@ def source_of(request: web.BaseRequest) -> Source | None:
     through a mesh (plain HTTP traffic to the same app): no header can set it.
     """
     exchange = request.get(EXCHANGE)
-    return exchange.source if exchange is not None else None
+    return exchange.call.source if exchange is not None else None
 
 
 def api_key_id_of(request: web.BaseRequest) -> str | None:
     """The delegated API key id ``request`` carries, or None (see :func:`source_of`)."""
     exchange = request.get(EXCHANGE)
-    return exchange.api_key_id if exchange is not None else None
+    return exchange.call.api_key_id if exchange is not None else None
 
 
 def report_connect_failure(request: web.BaseRequest) -> None:

@@ -11,30 +11,32 @@ name governed by policies.
 
 Requests on a channel follow one another (aiohttp's client never
 pipelines), so the connector hands the channel the next call before it sends
-a byte, and on a link the provider's server takes that call's Exchange when
-it parses the request.
+a byte, and on a link the call's Exchange waits on the provider's server
+protocol (``next_exchange``) for the request it parses next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 from aiohttp import ClientRequest
 
+from ._aiohttp import ServerProtocol
 from ._call import Call
 from ._exchange import ERROR, Exchange
-from ._metrics import MeshMetrics
-from ._pipe import OnClose, Pipe, PipeEnd, PipeStats
+from ._metrics import MeshMetrics, Series
+from ._pipe import OnClose, Pipe, PipeStats
+from ._source import Source
 
-__all__ = ["Carrier", "Channel", "Link", "exchange_for", "open_pipe"]
+__all__ = ["Channel", "Link", "open_pipe"]
 
 _PEERNAME: Final = ("127.0.0.1", 0)
 
 
 def open_pipe(
-    owner: Carrier,
+    owner: object,
     name: str,
     client: asyncio.Protocol,
     server: asyncio.Protocol,
@@ -62,16 +64,6 @@ def open_pipe(
     return pipe
 
 
-class Carrier:
-    """What owns a pipe to a provider's server: it hands each request the
-    server parses the Exchange it belongs to."""
-
-    __slots__ = ()
-
-    def take(self) -> Exchange | None:
-        raise NotImplementedError
-
-
 class Channel:
     """A caller's connection, as the connector sees it (the one interface
     every kind of connection offers it)."""
@@ -91,10 +83,10 @@ class Channel:
         raise NotImplementedError
 
 
-class Link(Carrier, Channel):
+class Link(Channel):
     """One direct connection between a caller and a provider."""
 
-    __slots__ = ("_metrics", "_next", "_open", "pipe", "provider")
+    __slots__ = ("_metrics", "_open", "_series", "_server", "_source", "pipe", "provider")
 
     governed = False
 
@@ -103,7 +95,7 @@ class Link(Carrier, Channel):
         provider: object,
         name: str,
         client: asyncio.Protocol,
-        server: asyncio.Protocol,
+        server: ServerProtocol,
         *,
         loop: asyncio.AbstractEventLoop,
         stats: PipeStats,
@@ -112,8 +104,12 @@ class Link(Carrier, Channel):
     ) -> None:
         self.provider = provider
         self._metrics = metrics
-        self._next: Exchange | None = None  # begun by the caller, not yet taken by the server
+        self._server = server
         self._open: list[Exchange] = []  # begun and not finished
+        # The metrics series of its last call, and that call's Source: the next
+        # call from the same Source (the usual case) has the same series.
+        self._series: Series | None = None
+        self._source: Source | None = None
         self.pipe = open_pipe(
             self, name, client, server, loop=loop, stats=stats, tls=tls, on_close=self._closed
         )
@@ -123,7 +119,10 @@ class Link(Carrier, Channel):
 
     def begin(self, call: Call, req: ClientRequest) -> None:
         metrics = self._metrics
-        series = metrics.series(call.provider, call.source) if metrics is not None else None
+        series = self._series
+        if (series is None or call.source != self._source) and metrics is not None:
+            series = self._series = metrics.series(call.provider, call.source)
+            self._source = call.source
         exchange = Exchange(call, call.provider, series, metrics)
         still_open = self._open
         if len(still_open) == 1 and still_open[0].finished:
@@ -131,12 +130,10 @@ class Link(Carrier, Channel):
         else:
             self._open = [e for e in still_open if not e.finished]
             self._open.append(exchange)
-        self._next = exchange
-
-    def take(self) -> Exchange | None:
-        """The server parsed a request: the Exchange it belongs to."""
-        exchange, self._next = self._next, None
-        return exchange
+        server = self._server
+        server.next_exchange = exchange
+        if req.body:  # a Payload: let a body of known length skip the parser
+            server.expect_body()
 
     def _closed(self, by_client: bool) -> Exception | None:
         # What the caller's protocol is told. A provider that closes before its
@@ -153,15 +150,5 @@ class Link(Carrier, Channel):
                         "end of the response" + (" (its handler raised)" if exchange.failed else "")
                     )
         self._open.clear()
-        self._next = None
+        self._server.next_exchange = None
         return error
-
-
-def exchange_for(protocol: Any) -> Exchange | None:
-    """The Exchange of the request a server protocol is parsing, if it came by link."""
-    transport = protocol.transport
-    if isinstance(transport, PipeEnd):
-        owner = transport.pipe.owner
-        if isinstance(owner, Carrier):
-            return owner.take()
-    return None

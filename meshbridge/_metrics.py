@@ -188,7 +188,8 @@ class Series:
         histogram = self.durations.get(method)
         if histogram is None:
             histogram = self.durations[method] = Histogram()
-        histogram.observe(duration)
+        histogram.counts[bisect_left(BUCKETS, duration)] += 1  # observe(), inline: per request
+        histogram.sum += duration
         self.request_bytes += request_bytes
         self.response_bytes += response_bytes
         self.in_flight -= 1

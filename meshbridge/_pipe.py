@@ -23,11 +23,13 @@ resumes it. A peer that calls ``pause_reading()`` gets nothing until it calls
 holds stays near ``high_water`` plus one write.
 
 Rule 4, bounded delivery. Bytes reach the peer in pieces of at most
-``MAX_PIECE``, and the peer's pause is honoured between any two pieces, so a
-single large write (a 50 MB body) is handed over only as fast as the reader
-takes it, as a socket would: what a paused reader has been given stays within
-its own high-water mark plus one piece. The queue holds the writer's bytes by
-reference (a ``bytes`` object is immutable; anything else is copied once).
+``MAX_PIECE`` (a receiver's may be larger, Rule 6), and the peer's pause is
+honoured between any two pieces, so a single large write (a 50 MB body) is
+handed over only as fast as the reader takes it, as a socket would: what a
+paused reader has been given stays within its own high-water mark plus one
+``MAX_PIECE``. The queue holds the writer's bytes by reference (a ``bytes``
+object is immutable; anything else is copied once); a piece is a copy only
+when it is cut from a larger write.
 
 Rule 5, close. ``close()`` on an end stops its writes; bytes it already queued
 are still delivered, then both protocols get ``connection_lost``. Until its
@@ -36,6 +38,17 @@ as a socket does when its peer has gone. ``abort()``
 drops the queues and closes at once. ``connection_lost`` is always called from
 the event loop, never from inside a write. The ``on_close`` callback learns
 which end closed first and may name the error the other end's protocol sees.
+
+Rule 6, receivers. A protocol may have what arrives handed to another
+callable of its own (``set_receiver``: an HTTP protocol feeding a body to
+its reader), with a ``room()`` that says how many bytes its reader takes
+before it pauses. A receiver gets at most that room plus ``MAX_PIECE`` per
+turn of the loop: a whole ``bytes`` write by reference when it fits (however
+large: the reader asked for that much, and nothing is copied), else pieces
+cut from it, each a copy of at most ``MAX_BODY_PIECE`` and the last of its
+turn. One turn's worth at a time, as a socket's reader gets one read per
+turn, so that a reader in another task takes each piece as it comes rather
+than joining many into a new object. Rules 1 to 5 hold as for ``data_received``.
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ __all__ = ["OnClose", "Pipe", "PipeEnd", "PipeStats"]
 HIGH_WATER: Final = 64 * 1024
 LOW_WATER: Final = 16 * 1024
 MAX_PIECE: Final = 64 * 1024  # the most handed to data_received at once (Rule 4)
+MAX_BODY_PIECE: Final = 1024 * 1024  # the largest piece cut for a receiver (Rule 6)
 
 # Told which end closed first (True for the client end); returns the exception
 # the *other* end's protocol gets in connection_lost (None for a clean close).
@@ -104,8 +118,8 @@ class Pipe:
 
     def connect(self, client: asyncio.Protocol, server: asyncio.Protocol) -> None:
         """Hand each end to its protocol (``connection_made``), client first."""
-        self.client._protocol = client
-        self.server._protocol = server
+        self.client.set_protocol(client)
+        self.server.set_protocol(server)
         client.connection_made(self.client)
         server.connection_made(self.server)
 
@@ -142,6 +156,7 @@ class PipeEnd(asyncio.Transport):
     __slots__ = (
         "__weakref__",
         "_closing",
+        "_deliver",
         "_delivering",
         "_flush_scheduled",
         "_flushed_callbacks",
@@ -152,12 +167,14 @@ class PipeEnd(asyncio.Transport):
         "_queue",
         "_queued",
         "_reading",
+        "_room",
         "_writing_paused",
         "pipe",
     )
 
     _peer: PipeEnd
     _protocol: asyncio.Protocol
+    _deliver: Callable[[bytes], None]  # its protocol's data_received, or its receiver (Rule 6)
 
     def __init__(self, pipe: Pipe, extra: dict[str, Any], high: int, low: int) -> None:
         super().__init__(extra)
@@ -172,6 +189,7 @@ class PipeEnd(asyncio.Transport):
         self._flush_scheduled = False
         self._closing = False
         self._flushed_callbacks: list[Callable[[], None]] = []
+        self._room: Callable[[], int] | None = None  # our receiver's room (Rule 6)
 
     # -- writing -------------------------------------------------------------
 
@@ -187,7 +205,7 @@ class PipeEnd(asyncio.Transport):
                 # The usual case: one small write, no hop (peer._receive, inlined).
                 peer._delivering = True
                 try:
-                    peer._protocol.data_received(chunk)
+                    peer._deliver(chunk)
                 except Exception as exc:  # a protocol bug must not unwind into the writer
                     peer._protocol_failed(exc)
                 finally:
@@ -197,11 +215,19 @@ class PipeEnd(asyncio.Transport):
                 if self._queued and not self.pipe.closed and peer.is_reading():
                     self._schedule_flush()
                 return
+            if len(chunk) <= peer._turn():  # a receiver with room for all of it: by reference
+                peer._receive(chunk)
+                return
+            piece = peer._piece_size()
             view = memoryview(chunk)
             offset = 0
             while offset < len(view) and peer.is_reading() and not self.pipe.closed:
-                peer._receive(bytes(view[offset : offset + MAX_PIECE]))
-                offset += MAX_PIECE
+                paced = peer._room is not None
+                peer._receive(bytes(view[offset : offset + piece]))
+                offset += piece
+                if paced:
+                    break  # a receiver's next piece comes on a later turn (Rule 6)
+                piece = peer._piece_size()
             if offset >= len(view) or self.pipe.closed:
                 return
             self._enqueue(view[offset:])
@@ -234,15 +260,26 @@ class PipeEnd(asyncio.Transport):
         peer = self._peer
         queue = self._queue
         stats = self.pipe._stats
+        paced = peer._room is not None
+        budget = peer._turn()  # a receiver's for this turn (Rule 6)
         while queue and peer._reading and not peer._delivering and not self.pipe.closed:
             chunk = queue.popleft()
-            if len(chunk) > MAX_PIECE:
+            size = len(chunk)
+            cut = size > budget or (size > MAX_BODY_PIECE and type(chunk) is not bytes)
+            if cut:
+                size = min(budget, MAX_BODY_PIECE) if paced else budget  # a copy: bounded
                 view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
-                queue.appendleft(view[MAX_PIECE:])
-                chunk = view[:MAX_PIECE]
-            self._queued -= len(chunk)
-            stats.buffered -= len(chunk)
+                queue.appendleft(view[size:])
+                chunk = view[:size]
+            self._queued -= size
+            stats.buffered -= size
             peer._receive(chunk if type(chunk) is bytes else bytes(chunk))
+            if paced:
+                budget -= size
+                if budget <= 0 or cut:  # a piece cut for a receiver ends its turn
+                    if queue and peer._reading:
+                        self._schedule_flush()
+                    break
         if self.pipe.closed:
             return
         if self._writing_paused and self._queued <= self._low:
@@ -256,7 +293,7 @@ class PipeEnd(asyncio.Transport):
     def _receive(self, chunk: bytes) -> None:
         self._delivering = True
         try:
-            self._protocol.data_received(chunk)
+            self._deliver(chunk)
         except Exception as exc:  # a protocol bug must not unwind into the writer
             self._protocol_failed(exc)
         finally:
@@ -296,7 +333,12 @@ class PipeEnd(asyncio.Transport):
         raise NotImplementedError("in-memory transports have no file descriptor to sendfile to")
 
     def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
+        chunks = list(list_of_data)
+        if sum(map(len, chunks)) <= MAX_PIECE:
+            self.write(b"".join(chunks))  # one delivery, as one write would be
+        else:
+            for chunk in chunks:  # a large body is queued by reference, not joined
+                self.write(chunk)
 
     def can_write_eof(self) -> bool:
         return False
@@ -361,6 +403,30 @@ class PipeEnd(asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         assert isinstance(protocol, asyncio.Protocol)
         self._protocol = protocol
+        self._deliver = protocol.data_received
+
+    def set_receiver(
+        self, receiver: Callable[[bytes], None] | None, room: Callable[[], int] | None = None
+    ) -> None:
+        """Hand what arrives to ``receiver`` instead of ``data_received``
+        (None: to ``data_received`` again), under the same rules, in pieces
+        as large as ``room()`` says it takes now (Rule 6)."""
+        if receiver is None:
+            self._deliver, self._room = self._protocol.data_received, None
+        else:
+            self._deliver, self._room = receiver, room
+
+    def _turn(self) -> int:
+        """The most we hand our protocol in this turn of the loop (Rules 4 and
+        6); a receiver's by reference, pieces cut for it at most ``MAX_BODY_PIECE``."""
+        room = self._room
+        if room is None:
+            return MAX_PIECE
+        return MAX_PIECE + max(0, room())
+
+    def _piece_size(self) -> int:
+        """The most we cut from a write for our protocol now (Rules 4 and 6)."""
+        return min(MAX_BODY_PIECE, self._turn())
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol

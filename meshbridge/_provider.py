@@ -16,9 +16,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from ._aiohttp import configures_access_log, server_protocols
+from ._aiohttp import ServerProtocol, configures_access_log, server_protocols
 from ._exceptions import MeshError
-from ._link import Carrier, Link, exchange_for, open_pipe
+from ._link import Link, open_pipe
 from ._metrics import MeshMetrics
 from ._pipe import OnClose, Pipe, PipeStats
 
@@ -59,7 +59,7 @@ class Provider:
         self._stats = stats
         self.state = NEW
         self._runner: web.AppRunner | None = None
-        self._protocols: Callable[[], asyncio.Protocol] | None = None  # the server's
+        self._protocols: Callable[[], ServerProtocol] | None = None  # the server's
         self._started: asyncio.Future[None] | None = None
         self._tls: ssl.SSLContext | None = None
 
@@ -107,7 +107,7 @@ class Provider:
         server = runner.server
         assert server is not None
         self._runner = runner
-        self._protocols = server_protocols(server, exchange_for)
+        self._protocols = server_protocols(server)
         self.state = RUNNING
         started.set_result(None)
 
@@ -139,12 +139,13 @@ class Provider:
         )
 
     def open_pipe(
-        self, owner: Carrier, client: asyncio.Protocol, on_close: OnClose, *, secure: bool
-    ) -> Pipe:
-        """A pipe from ``client`` to a new server protocol of this app, owned by ``owner``."""
+        self, owner: object, client: asyncio.Protocol, on_close: OnClose, *, secure: bool
+    ) -> tuple[Pipe, ServerProtocol]:
+        """A pipe from ``client`` to a new server protocol of this app, owned by
+        ``owner``, and that protocol."""
         server, tls = self.server_protocol(secure=secure)
         loop = asyncio.get_running_loop()
-        return open_pipe(
+        pipe = open_pipe(
             owner,
             self.name,
             client,
@@ -154,8 +155,9 @@ class Provider:
             tls=tls,
             on_close=on_close,
         )
+        return pipe, server
 
-    def server_protocol(self, *, secure: bool) -> tuple[asyncio.Protocol, ssl.SSLContext | None]:
+    def server_protocol(self, *, secure: bool) -> tuple[ServerProtocol, ssl.SSLContext | None]:
         """A new server protocol of this app, and the TLS context it reports."""
         protocols = self._protocols
         if protocols is None or self.state != RUNNING:

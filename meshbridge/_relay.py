@@ -161,7 +161,9 @@ class Relay(RelayEnds):
             series = upstream.series = metrics.series(name, source)
             upstream.source = source
         exchange = Exchange(call, name, series, metrics, self._attempt_finished_)
-        upstream._next = upstream.exchange = exchange  # what its server takes next
+        upstream.exchange = upstream.server.next_exchange = exchange  # its server's next request
+        if d.sized_body:
+            upstream.server.expect_body()
         d.upstream = upstream
         d.attempt = exchange
         d.guard = guard

@@ -7,7 +7,6 @@ import asyncio
 from typing import Protocol
 
 from ._exchange import Exchange
-from ._link import Carrier
 from ._metrics import Series
 from ._provider import Provider
 from ._source import Source
@@ -25,26 +24,21 @@ class UpstreamOwner(Protocol):
     def upstream_full(self, upstream: Upstream, full: bool) -> None: ...
 
 
-class Upstream(Carrier, asyncio.Protocol):
+class Upstream(asyncio.Protocol):
     """The relay's connection to one provider (reused while it stays open)."""
 
-    __slots__ = ("_next", "closed", "exchange", "pipe", "provider", "relay", "series", "source")
+    __slots__ = ("closed", "exchange", "pipe", "provider", "relay", "series", "server", "source")
 
     def __init__(self, relay: UpstreamOwner, provider: Provider, *, secure: bool) -> None:
         self.relay = relay
         self.provider = provider
         self.closed = False
-        self._next: Exchange | None = None
         self.exchange: Exchange | None = None  # the attempt on it now
         # The metrics series of its last attempt, and that attempt's Source:
         # the next attempt from the same Source has the same series.
         self.series: Series | None = None
         self.source: Source | None = None
-        self.pipe = provider.open_pipe(self, self, self._pipe_closed, secure=secure)
-
-    def take(self) -> Exchange | None:
-        exchange, self._next = self._next, None
-        return exchange
+        self.pipe, self.server = provider.open_pipe(self, self, self._pipe_closed, secure=secure)
 
     def _pipe_closed(self, by_client: bool) -> Exception | None:
         exchange = self.exchange

@@ -202,6 +202,25 @@ async def test_tokens_are_debited_as_the_stream_reported_them_after_its_body(
         assert await settle_async(lambda: used(limiter, "tpd", "tokens_per_day"), 47)
 
 
+async def test_a_limiter_set_after_the_provider_started_gets_usage_reported_after_the_body(
+    make_mesh: MeshFactory,
+) -> None:
+    # The provider's connections were made before there was anything to
+    # watch: the next call still waits for its handler's report to settle.
+    mesh = await make_mesh({"llm": app()})
+    body = {"model": "m", "prompt_tokens": 40, "words": 7, "max_tokens": 500}
+    async with mesh.session() as s:
+        async with s.post("http://llm/chat", json=body) as r:  # a pooled connection now
+            assert (await r.read()).count(b"data:") == 7
+        limiter = Limiter([Limit("tpd", {}, tokens_per_day=10_000)], clock=Clock())
+        mesh.set_limiter(limiter)
+        async with s.post("http://llm/chat", json=body) as r:  # on that connection
+            assert (await r.read()).count(b"data:") == 7
+        assert await settle_async(lambda: used(limiter, "tpd", "tokens_per_day"), 47)
+    mesh.set_limiter(None)
+    await limiter.aclose()
+
+
 async def settle_async(read: Any, expected: float, rounds: int = 200) -> bool:
     for _ in range(rounds):
         if await read() == expected:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from meshbridge._pipe import HIGH_WATER, LOW_WATER, Pipe, PipeStats
+from meshbridge._pipe import HIGH_WATER, LOW_WATER, MAX_BODY_PIECE, MAX_PIECE, Pipe, PipeStats
 
 
 class Recorder(asyncio.Protocol):
@@ -255,3 +255,107 @@ async def test_random_interleavings_keep_order_and_bounds() -> None:
         assert b"".join(server.received) == bytes(sent), seed
         assert (client.paused, pipe.buffered) == (False, 0), seed
         assert server.max_depth == 1, seed  # never re-entered
+
+
+class Receiver:
+    """A receiver (Rule 6): keeps each piece and says what room it has."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.pieces: list[bytes] = []
+
+    def take(self, data: bytes) -> None:
+        self.pieces.append(data)
+
+    def room_now(self) -> int:
+        return self.room
+
+
+async def test_a_receiver_gets_pieces_as_large_as_its_room_one_per_turn() -> None:
+    pipe, _client, server = connected()
+    receiver = Receiver(room=300_000)
+    pipe.server.set_receiver(receiver.take, receiver.room_now)
+    body = bytes(range(256)) * (5 * 1024 * 1024 // 256)
+    pipe.client.write(body)
+    assert [len(p) for p in receiver.pieces] == [300_000 + MAX_PIECE]  # at once, then paced
+    receiver.room = 10 * MAX_BODY_PIECE  # a reader that wants everything
+    turns = 0
+    while pipe.buffered:
+        await asyncio.sleep(0)
+        turns += 1
+    assert max(len(p) for p in receiver.pieces[1:]) == MAX_BODY_PIECE  # a copy: bounded
+    assert turns == len(receiver.pieces) - 1  # one piece per turn of the loop
+    assert b"".join(receiver.pieces) == body
+    assert server.received == []  # all of it went to the receiver
+
+
+async def test_a_write_within_a_receivers_room_goes_whole_however_large() -> None:
+    pipe, _client, _server = connected()
+    receiver = Receiver(room=64 * MAX_BODY_PIECE)  # a reader that asked for it (read())
+    pipe.server.set_receiver(receiver.take, receiver.room_now)
+    body = bytes(16 * MAX_BODY_PIECE)
+    pipe.client.write(body)
+    assert len(receiver.pieces) == 1  # no cut
+    assert receiver.pieces[0] is body  # no copy
+
+
+async def test_a_write_that_fits_a_receiver_is_handed_over_by_reference() -> None:
+    pipe, _client, server = connected()
+    receiver = Receiver(room=MAX_BODY_PIECE)
+    pipe.server.set_receiver(receiver.take, receiver.room_now)
+    body = b"z" * (MAX_PIECE * 3)
+    pipe.client.write(body)
+    assert receiver.pieces[0] is body  # no copy
+    pipe.server.set_receiver(None)
+    pipe.client.write(body)
+    assert [len(p) for p in server.received] == [MAX_PIECE] * 3  # data_received's own pieces
+    assert len(receiver.pieces) == 1
+
+
+async def test_receivers_keep_order_and_bounds_under_random_interleavings() -> None:
+    # Rules 1, 3, 4 and 6 while a receiver comes and goes with a room that
+    # changes, as an HTTP protocol's does from one body to the next.
+    for seed in range(20):
+        rng = random.Random(seed)
+        stats = PipeStats()
+        pipe, client, server = connected(stats)
+        receiver = Receiver(room=0)
+        sent = bytearray()
+        got: list[bytes] = []
+        seen = 0
+        written: set[int] = set()
+        kept: list[bytes] = []
+        for step in range(200):
+            action = rng.random()
+            if action < 0.4 and not client.paused:
+                chunk = bytes([step % 256]) * rng.randint(1, 2 * MAX_BODY_PIECE)
+                pipe.client.write(chunk)
+                sent += chunk
+                written.add(id(chunk))
+                kept.append(chunk)  # ids stay unique while it lives
+            elif action < 0.5:
+                got += server.received[seen:] + receiver.pieces
+                seen, receiver.pieces = len(server.received), []
+                receiver.room = rng.choice([0, 1000, 200_000, 10 * MAX_BODY_PIECE])
+                on = rng.random() < 0.6
+                pipe.server.set_receiver(receiver.take if on else None, receiver.room_now)
+            elif action < 0.6:
+                pipe.server.pause_reading()
+            elif action < 0.75:
+                pipe.server.resume_reading()
+            else:
+                await asyncio.sleep(0)
+            # A piece within its turn (room + MAX_PIECE); a copy cut from a
+            # write at most MAX_BODY_PIECE, a larger one a whole write.
+            assert all(len(p) <= MAX_PIECE + receiver.room for p in receiver.pieces), seed
+            assert all(len(p) <= MAX_BODY_PIECE or id(p) in written for p in receiver.pieces), seed
+            assert all(len(p) <= MAX_PIECE for p in server.received[seen:]), seed
+            assert stats.buffered == pipe.buffered
+        pipe.server.resume_reading()
+        for _ in range(10_000):
+            if not pipe.buffered:
+                break
+            await asyncio.sleep(0)
+        got += server.received[seen:] + receiver.pieces
+        assert b"".join(got) == bytes(sent), seed
+        assert (client.paused, pipe.buffered) == (False, 0), seed
