@@ -4,6 +4,7 @@ as in-process code does, and a client's scope names the routes it may use."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -42,7 +43,7 @@ split = {{ blue = 50, green = 50 }}
 CHAT = {"model": "fake-small", "messages": [{"role": "user", "content": "Hi"}]}
 
 
-async def post(service: Service, name: str, token: str) -> tuple[int, dict[str, object]]:
+async def post(service: Service, name: str, token: str) -> tuple[int, dict[str, Any]]:
     url = f"{service.url}/{name}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {token}"}
     async with (
