@@ -112,14 +112,16 @@ def channel_of(conn: Connection) -> Any:
 
 
 class _Body:
-    """A body on its way past the parser: its StreamReader and what is left."""
+    """A body on its way past the parser: its StreamReader, what is left, and
+    the pipe end whose receiver it is until it ends."""
 
-    __slots__ = ("left", "length", "payload")
+    __slots__ = ("left", "length", "payload", "transport")
 
-    def __init__(self, payload: StreamReader, length: int) -> None:
+    def __init__(self, payload: StreamReader, length: int, transport: PipeEnd) -> None:
         self.payload = payload
         self.length = length
         self.left = length - payload.total_bytes
+        self.transport = transport
 
     def room(self) -> int:
         """What its StreamReader takes before it pauses."""
@@ -127,7 +129,8 @@ class _Body:
         return payload._high_water - payload._size
 
     def feed(self, data: bytes) -> bytes | None:
-        """Feed a piece; None, or at the body's end what follows it (b"" for nothing)."""
+        """Feed a piece; None, or at the body's end what follows it (b"" for
+        nothing), the pipe end then delivering to its protocol again."""
         left, size = self.left, len(data)
         if size < left:
             self.left = left - size
@@ -135,6 +138,7 @@ class _Body:
             return None
         self.left = 0
         self.payload.feed_data(data if size == left else data[:left])
+        self.transport.set_receiver(None)
         return data[left:]
 
 
@@ -146,12 +150,13 @@ def _plain_body(
         return None
     if protocol._reading_paused or protocol._buffer_paused or protocol._upgraded:
         return None  # llhttp may hold bytes it has not parsed yet
-    if not isinstance(protocol.transport, PipeEnd):
+    transport = protocol.transport
+    if not isinstance(transport, PipeEnd):
         return None
     length = message.headers.get(hdrs.CONTENT_LENGTH)
     if length is None or not (length.isascii() and length.isdigit()):
         return None
-    body = _Body(payload, int(length))
+    body = _Body(payload, int(length), transport)
     return body if body.left > 0 else None
 
 
@@ -190,8 +195,7 @@ class _MeshResponseHandler(ResponseHandler):
             body = _plain_body(data[0], payload, self)
             if body is not None:
                 self._body = body
-                assert isinstance(self.transport, PipeEnd)
-                self.transport.set_receiver(self._body_received, body.room)
+                body.transport.set_receiver(self._body_received, body.room)
 
     def _body_received(self, data: bytes) -> None:
         self._reschedule_timeout()  # as data_received does: sock_read is per piece
@@ -201,8 +205,6 @@ class _MeshResponseHandler(ResponseHandler):
         if rest is None:
             return
         self._body = None
-        assert isinstance(self.transport, PipeEnd)
-        self.transport.set_receiver(None)
         self._parser = None  # llhttp never saw this body; the next request brings a parser
         body.payload.feed_eof()
         if rest:  # bytes past the response: kept unparsed, so the connection is not reused
@@ -344,8 +346,6 @@ class ServerProtocol(RequestHandler):
         if rest is None:
             return
         self._body = None
-        assert isinstance(self.transport, PipeEnd)
-        self.transport.set_receiver(None)
         # llhttp still expects this body: the connection's next request gets a new one.
         self._parser = HttpRequestParser(
             self,
