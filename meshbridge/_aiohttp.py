@@ -142,6 +142,10 @@ class _Body:
         return data[left:]
 
 
+def _no_room() -> int:
+    return 0
+
+
 def _plain_body(
     message: RawRequestMessage | RawResponseMessage, payload: StreamReader, protocol: Any
 ) -> _Body | None:
@@ -317,13 +321,28 @@ class ServerProtocol(RequestHandler):
         head is parsed (a request without one costs nothing of this)."""
         transport = self.transport
         if type(transport) is PipeEnd and self._body is None:
-            transport.set_receiver(self._watch_for_body)
+            # A receiver with no room of its own: a write of up to a body piece
+            # comes whole (by reference), so its head and body can be told apart.
+            transport.set_receiver(self._watch_for_body, _no_room)
 
     def _watch_for_body(self, data: bytes) -> None:
-        self.data_received(data)
+        # llhttp is given the bytes up to the end of the first head in ``data``
+        # alone, so that a body that follows at once goes past it whole (a head
+        # and body written together, as aiohttp's client does on older
+        # Pythons, would otherwise leave llhttp's copy of the body's first bytes
+        # and the rest in two pieces, for the handler's read() to join).
+        end = data.find(b"\r\n\r\n") + 4
+        rest = b""
+        if 4 < end < len(data):
+            self.data_received(data[:end])
+            rest = data[end:]
+        else:
+            self.data_received(data)
         messages = self._messages
-        if not messages:
-            return  # no head parsed yet (or its request already taken by start())
+        if not messages:  # no head parsed (or its request already taken by start())
+            if rest:
+                self.data_received(rest)  # llhttp parses on; the next piece is watched
+            return
         transport = self.transport
         assert type(transport) is PipeEnd
         message, payload = messages[-1]
@@ -333,9 +352,13 @@ class ServerProtocol(RequestHandler):
             body = _plain_body(message, payload, self)
         if body is None:
             transport.set_receiver(None)
+            if rest:
+                self.data_received(rest)
         else:
             self._body = body
             transport.set_receiver(self._body_received, body.room)
+            if rest:
+                self._body_received(rest)
 
     def _body_received(self, data: bytes) -> None:
         if self._force_close or self._close:

@@ -43,12 +43,17 @@ Rule 6, receivers. A protocol may have what arrives handed to another
 callable of its own (``set_receiver``: an HTTP protocol feeding a body to
 its reader), with a ``room()`` that says how many bytes its reader takes
 before it pauses. A receiver gets at most that room plus ``MAX_PIECE`` per
-turn of the loop: a whole ``bytes`` write by reference when it fits (however
-large: the reader asked for that much, and nothing is copied), else pieces
-cut from it, each a copy of at most ``MAX_BODY_PIECE`` and the last of its
-turn. One turn's worth at a time, as a socket's reader gets one read per
-turn, so that a reader in another task takes each piece as it comes rather
-than joining many into a new object. Rules 1 to 5 hold as for ``data_received``.
+turn of the loop, except that a turn's first piece may be a whole ``bytes``
+write of up to ``MAX_BODY_PIECE`` more, by reference: a reader keeps a
+reference to what it is given either way, so cutting such a write would
+only copy it (and a reader's ``read()`` join the copies again), and a head
+written together with its body comes whole, for the protocol to tell the two
+apart. A larger write is cut into pieces sized to the room, each a copy of
+at most ``MAX_BODY_PIECE`` and the last of its turn; what is left of a cut
+write goes in one copy once it is at most ``MAX_BODY_PIECE``. One turn's
+worth at a time, as a socket's reader gets one read per turn, so that a
+reader in another task takes each piece as it comes rather than joining
+many into a new object. Rules 1 to 5 hold as for ``data_received``.
 """
 
 from __future__ import annotations
@@ -215,7 +220,7 @@ class PipeEnd(asyncio.Transport):
                 if self._queued and not self.pipe.closed and peer.is_reading():
                     self._schedule_flush()
                 return
-            if len(chunk) <= peer._turn():  # a receiver with room for all of it: by reference
+            if peer._room is not None and len(chunk) <= peer._whole(chunk, peer._turn()):
                 peer._receive(chunk)
                 return
             piece = peer._piece_size()
@@ -262,10 +267,11 @@ class PipeEnd(asyncio.Transport):
         stats = self.pipe._stats
         paced = peer._room is not None
         budget = peer._turn()  # a receiver's for this turn (Rule 6)
+        first = True
         while queue and peer._reading and not peer._delivering and not self.pipe.closed:
             chunk = queue.popleft()
             size = len(chunk)
-            cut = size > budget or (size > MAX_BODY_PIECE and type(chunk) is not bytes)
+            cut = size > (peer._whole(chunk, budget) if first else budget)
             if cut:
                 size = min(budget, MAX_BODY_PIECE) if paced else budget  # a copy: bounded
                 view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
@@ -276,6 +282,7 @@ class PipeEnd(asyncio.Transport):
             peer._receive(chunk if type(chunk) is bytes else bytes(chunk))
             if paced:
                 budget -= size
+                first = False  # past the turn's first piece, only what fits its room
                 if budget <= 0 or cut:  # a piece cut for a receiver ends its turn
                     if queue and peer._reading:
                         self._schedule_flush()
@@ -423,6 +430,17 @@ class PipeEnd(asyncio.Transport):
         if room is None:
             return MAX_PIECE
         return MAX_PIECE + max(0, room())
+
+    def _whole(self, chunk: bytes | memoryview, turn: int) -> int:
+        """The most of ``chunk`` handed over whole as a turn's first piece
+        (Rules 4 and 6): ``turn``; for a receiver a ``bytes`` write of up to
+        ``MAX_BODY_PIECE`` more, by reference (a body and the head written
+        with it), else one copy of at most ``MAX_BODY_PIECE``."""
+        if self._room is None:
+            return turn
+        if type(chunk) is bytes:
+            return turn + MAX_BODY_PIECE
+        return MAX_BODY_PIECE
 
     def _piece_size(self) -> int:
         """The most we cut from a write for our protocol now (Rules 4 and 6)."""

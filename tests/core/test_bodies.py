@@ -332,3 +332,67 @@ async def test_pipelined_requests_after_a_large_body_are_each_answered() -> None
     assert b"/two 3" in answers
     pipe.client.close()
     await server.shutdown(1)
+
+
+# -- a head and its body however they are written (the server watching for a body) ----
+
+HEAD = b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+CHUNKED = b"POST /one HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+NEXT = b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+
+
+def writes(way: str, body: bytes) -> list[bytes]:
+    """A request with ``body`` and a pipelined one after it, written ``way``."""
+    head = HEAD % len(body)
+    whole = head + body + NEXT
+    if way == "together":  # one write, as aiohttp's client on older Pythons
+        return [whole]
+    if way == "apart":  # head, body and the next request each its own write
+        return [head, body, NEXT]
+    if way == "head ends a write":
+        return [head + body[:10], body[10:] + NEXT]
+    if way == "its blank line split":  # the head's \r\n\r\n across two writes
+        cut = len(head) - 2
+        return [whole[:cut], whole[cut:]]
+    if way == "byte by byte head":
+        return [bytes([b]) for b in head] + [body + NEXT]
+    assert way == "chunked, together"
+    chunks = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    return [CHUNKED + chunks + NEXT]
+
+
+WAYS = (
+    "together", "apart", "head ends a write", "its blank line split",
+    "byte by byte head", "chunked, together",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [10, 64 * KiB + 1, MiB - 100, MiB + 7, 3 * MiB])
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_body_reaches_its_handler_whole_however_its_head_and_it_are_written(
+    way: str, size: int
+) -> None:
+    async def digests(request: web.BaseRequest) -> web.StreamResponse:
+        digest = hashlib.sha256(await request.content.read()).hexdigest()  # any size
+        return web.Response(text=f"{request.path} {digest}")
+
+    server = web.Server(digests)
+    protocols = server_protocols(server)
+    client = RawClient()
+    pipe = Pipe(asyncio.get_running_loop())
+    protocol = protocols()
+    pipe.connect(client, protocol)
+    protocol.expect_body()  # as a link does for a request with a body
+    body = pattern(size)
+    for data in writes(way, body):
+        pipe.client.write(data)
+    for _ in range(400):
+        if client.received.count(b"HTTP/1.1 200") == 2:
+            break
+        await asyncio.sleep(0.005)
+    answers = bytes(client.received)
+    assert answers.count(b"HTTP/1.1 200 OK") == 2, answers[:300]
+    assert b"/one " + hashlib.sha256(body).hexdigest().encode() in answers
+    assert answers.endswith(b"/two " + hashlib.sha256(b"abc").hexdigest().encode())
+    pipe.client.close()
+    await server.shutdown(1)

@@ -312,6 +312,36 @@ async def test_a_write_that_fits_a_receiver_is_handed_over_by_reference() -> Non
     assert len(receiver.pieces) == 1
 
 
+async def test_a_write_of_up_to_a_body_piece_past_a_receivers_room_goes_whole() -> None:
+    # A reader's StreamReader holds a reference either way: cutting it would
+    # only copy it (and the reader's read() would join the copies again).
+    pipe, _client, _server = connected()
+    receiver = Receiver(room=1000)
+    pipe.server.set_receiver(receiver.take, receiver.room_now)
+    body = bytes(MAX_PIECE + 1000 + MAX_BODY_PIECE)  # its turn and a body piece more
+    pipe.client.write(body)
+    assert receiver.pieces == [body]
+    assert receiver.pieces[0] is body
+    pipe.server.pause_reading()  # queued while the reader is full
+    second, third = bytes(MAX_BODY_PIECE), bytes(MAX_BODY_PIECE)
+    pipe.client.write(second)
+    pipe.client.write(third)
+    pipe.server.resume_reading()
+    await asyncio.sleep(0)
+    assert len(receiver.pieces) == 2  # one per turn
+    assert receiver.pieces[1] is second
+    await asyncio.sleep(0)
+    assert receiver.pieces[2] is third
+    larger = bytes(len(body) + 1)
+    pipe.client.write(larger)
+    for _ in range(3):  # three turns
+        await asyncio.sleep(0)
+    turn = MAX_PIECE + 1000
+    # Past that: cut to its turn, until what is left goes in one copy.
+    assert [len(p) for p in receiver.pieces[3:]] == [turn, turn, MAX_BODY_PIECE + 1 - turn]
+    assert b"".join(receiver.pieces[3:]) == larger
+
+
 async def test_receivers_keep_order_and_bounds_under_random_interleavings() -> None:
     # Rules 1, 3, 4 and 6 while a receiver comes and goes with a room that
     # changes, as an HTTP protocol's does from one body to the next.
@@ -345,9 +375,16 @@ async def test_receivers_keep_order_and_bounds_under_random_interleavings() -> N
                 pipe.server.resume_reading()
             else:
                 await asyncio.sleep(0)
-            # A piece within its turn (room + MAX_PIECE); a copy cut from a
-            # write at most MAX_BODY_PIECE, a larger one a whole write.
-            assert all(len(p) <= MAX_PIECE + receiver.room for p in receiver.pieces), seed
+            # A piece within its turn (room + MAX_PIECE), or what is left of
+            # a cut write (at most MAX_BODY_PIECE), or a whole write of up to
+            # MAX_BODY_PIECE more; a copy cut from a write at most
+            # MAX_BODY_PIECE, a larger one a whole write.
+            turn = MAX_PIECE + receiver.room
+            assert all(
+                len(p) <= max(turn, MAX_BODY_PIECE)
+                or (len(p) <= turn + MAX_BODY_PIECE and id(p) in written)
+                for p in receiver.pieces
+            ), seed
             assert all(len(p) <= MAX_BODY_PIECE or id(p) in written for p in receiver.pieces), seed
             assert all(len(p) <= MAX_PIECE for p in server.received[seen:]), seed
             assert stats.buffered == pipe.buffered
