@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -302,18 +302,34 @@ class RawClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received += data
 
+    async def answers(self, count: int) -> bytes:
+        """What came back once ``count`` answers have (or after 2 s)."""
+        for _ in range(400):
+            if self.received.count(b"HTTP/1.1 200") >= count:
+                break
+            await asyncio.sleep(0.005)
+        return bytes(self.received)
+
+
+def raw_connection(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+) -> tuple[web.Server, Pipe, RawClient]:
+    """A raw client piped to aiohttp's server protocol as the mesh makes it,
+    told that the next request has a body (as a link does: past the parser)."""
+    server = web.Server(handler)
+    client = RawClient()
+    pipe = Pipe(asyncio.get_running_loop())
+    protocol = server_protocols(server)()
+    pipe.connect(client, protocol)
+    protocol.expect_body()
+    return server, pipe, client
+
 
 async def test_pipelined_requests_after_a_large_body_are_each_answered() -> None:
     async def sizes(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response(text=f"{request.path} {len(await request.read())}")
 
-    server = web.Server(sizes)
-    protocols = server_protocols(server)
-    client = RawClient()
-    pipe = Pipe(asyncio.get_running_loop())
-    protocol = protocols()
-    pipe.connect(client, protocol)
-    protocol.expect_body()  # as a link does for a request with a body: past the parser
+    server, pipe, client = raw_connection(sizes)
     body = BODIES[MiB]
     first = b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
     then = b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /three HTTP/1.1\r\n"
@@ -321,11 +337,7 @@ async def test_pipelined_requests_after_a_large_body_are_each_answered() -> None
     await asyncio.sleep(0)
     pipe.client.write(body[1000:] + then)  # the body's end and two more requests, in one write
     pipe.client.write(b"Host: x\r\n\r\n")
-    for _ in range(200):
-        if client.received.count(b"HTTP/1.1 200") == 3:
-            break
-        await asyncio.sleep(0.005)
-    answers = bytes(client.received)
+    answers = await client.answers(3)
     assert answers.count(b"HTTP/1.1 200 OK") == 3, answers
     assert answers.endswith(b"/three 0"), answers
     assert b"/one %d" % MiB in answers
@@ -376,21 +388,11 @@ async def test_a_body_reaches_its_handler_whole_however_its_head_and_it_are_writ
         digest = hashlib.sha256(await request.content.read()).hexdigest()  # any size
         return web.Response(text=f"{request.path} {digest}")
 
-    server = web.Server(digests)
-    protocols = server_protocols(server)
-    client = RawClient()
-    pipe = Pipe(asyncio.get_running_loop())
-    protocol = protocols()
-    pipe.connect(client, protocol)
-    protocol.expect_body()  # as a link does for a request with a body
+    server, pipe, client = raw_connection(digests)
     body = pattern(size)
     for data in writes(way, body):
         pipe.client.write(data)
-    for _ in range(400):
-        if client.received.count(b"HTTP/1.1 200") == 2:
-            break
-        await asyncio.sleep(0.005)
-    answers = bytes(client.received)
+    answers = await client.answers(2)
     assert answers.count(b"HTTP/1.1 200 OK") == 2, answers[:300]
     assert b"/one " + hashlib.sha256(body).hexdigest().encode() in answers
     assert answers.endswith(b"/two " + hashlib.sha256(b"abc").hexdigest().encode())
