@@ -194,14 +194,22 @@ async def test_sigterm_drains_every_worker_with_the_grace_period_once(
             }
         signalled = loop.time()
         process.send_signal(signal.SIGTERM)
-        rests = [await response.read() for response in quick]
-        for response in endless:
+
+        async def cut(response: aiohttp.ClientResponse) -> float:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await response.read()  # cut when the grace period ends
+            return loop.time() - signalled
+
+        cuts = await asyncio.gather(*map(cut, endless))
+        rests = [await response.read() for response in quick]
         assert await process.wait() == 0
-        took = loop.time() - signalled
     assert all(rest.endswith(b"data: [DONE]\n\n") for rest in rests)
-    assert GRACE <= took < GRACE * 1.8, took
+    # Every worker's streams are cut one grace period after the signal: a
+    # worker drained after another would cut its own a period later. (When
+    # they are cut, not when the supervisor exits: a loaded machine delays
+    # the exit, not the cut.)
+    assert min(cuts) >= GRACE, cuts
+    assert max(cuts) < GRACE * 1.8, cuts
     assert "Traceback" not in text(log)
 
 
