@@ -14,8 +14,9 @@ on the mesh against the bare pipe, and how many times a large body is copied.
 
 ``python -m benchmarks`` runs both after its workloads (not with
 ``--smoke``, nor ``--no-valgrind``); ``python -m benchmarks valgrind`` runs
-them alone. Each count runs in its own process under valgrind, two at a
-time, in a few minutes in all.
+them alone (``--only-instructions``: the instructions, without the copies).
+Each count runs in its own process under valgrind, two at a time, in a few
+minutes in all.
 """
 
 from __future__ import annotations
@@ -140,8 +141,9 @@ async def _copies(name: str, way: str, size: int, work: Path, python: str) -> fl
     return (copied[1] - copied[0]) / (TRANSFERS[1] - TRANSFERS[0]) / size
 
 
-async def count(python: str = sys.executable) -> dict[str, Any]:
-    """Every count, two valgrind runs at a time."""
+async def count(python: str = sys.executable, *, copies: bool = True) -> dict[str, Any]:
+    """Every count (without ``copies``, the instructions alone), two valgrind
+    runs at a time."""
     gate = asyncio.Semaphore(2)
     with tempfile.TemporaryDirectory(prefix="meshbridge-valgrind-") as tmp:
         work = Path(tmp)
@@ -150,13 +152,13 @@ async def count(python: str = sys.executable) -> dict[str, Any]:
             async with gate:
                 return await _instructions(name, work, python)
 
-        async def copies(name: str, way: str, size: int) -> float:
+        async def copied(name: str, way: str, size: int) -> float:
             async with gate:
                 return await _copies(name, way, size, work, python)
 
         mesh, pipe = await asyncio.gather(instructions("meshbridge"), instructions("pipe"))
-        cells = [(name, way, size) for way, size in CELLS for name in COPIED]
-        found = await asyncio.gather(*(copies(*cell) for cell in cells))
+        cells = [(name, way, size) for way, size in CELLS for name in COPIED] if copies else []
+        found = await asyncio.gather(*(copied(*cell) for cell in cells))
     by_cell: dict[str, dict[str, float]] = {}
     for (name, way, size), value in zip(cells, found, strict=True):
         by_cell.setdefault(f"{way}_{size // MIB}mib", {})[name] = value
@@ -176,9 +178,12 @@ def summary(counts: dict[str, Any]) -> str:
         f"difference): meshbridge {per['meshbridge'] / 1e3:,.1f}k, bare pipe "
         f"{per['pipe'] / 1e3:,.1f}k, meshbridge / pipe "
         f"{counts['instructions_mesh_over_pipe']:.3f}",
-        "valgrind: times each body is copied in user space (dhat --mode=copy; over TCP the "
-        "kernel copies it twice more):",
     ]
+    if counts["copies_per_body"]:
+        lines.append(
+            "valgrind: times each body is copied in user space (dhat --mode=copy; over TCP "
+            "the kernel copies it twice more):"
+        )
     for cell, values in counts["copies_per_body"].items():
         shown = ", ".join(f"{name} {value:.2f}" for name, value in values.items())
         lines.append(f"  {cell:<12} {shown}")
@@ -186,11 +191,15 @@ def summary(counts: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m benchmarks valgrind [--json PATH]``."""
+    """``python -m benchmarks valgrind [--only-instructions] [--json PATH]``."""
     if not available():
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 1
-    counts = asyncio.run(count())
+    argv = list(argv)
+    only_instructions = "--only-instructions" in argv
+    if only_instructions:
+        argv.remove("--only-instructions")
+    counts = asyncio.run(count(copies=not only_instructions))
     print(summary(counts))
     if argv[:1] == ["--json"] and len(argv) == 2:
         Path(argv[1]).write_text(json.dumps(counts, indent=2) + "\n")

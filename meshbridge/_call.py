@@ -8,10 +8,11 @@ provider's server parsed); the caller sees one call, whatever happened behind.
 Rules of the call:
 
 1. One end. A call ends once, in :meth:`Call.end`, with the status the caller
-   got and how it went (``completed``, ``error``, ``cancelled``): there and
-   nowhere else it counts in ``meshbridge_calls_total``. A direct link ends it
-   when its one attempt ends; a relay when the caller has its answer, or has
-   gone.
+   got and how it went (``completed``, ``error``, ``cancelled``): there it
+   counts in ``meshbridge_calls_total``, once. A direct link ends it when its
+   one attempt ends, which counted it already (its Series' ``direct``
+   requests, which the collector reports in both families: one event, one
+   increment); a relay when the caller has its answer, or has gone.
 2. What its attempts report goes to the call: token usage, models, tool calls
    and the prompt (``record_tokens``), summed over attempts.
 3. It finishes after it ended and once no handler of its attempts is still
@@ -169,8 +170,9 @@ class Call:
         if self.ttfb is None:
             self.ttfb = perf_counter() - self.started
 
-    def end(self, status: int, outcome: str) -> None:
-        """The caller has its answer, or the call failed or was cancelled (Rule 1)."""
+    def end(self, status: int, outcome: str, counted: bool = False) -> None:
+        """The caller has its answer, or the call failed or was cancelled (Rule
+        1); ``counted``: its one attempt counted it (a direct link)."""
         if self.ended:
             return
         self.ended = True
@@ -178,7 +180,7 @@ class Call:
         self.outcome = outcome
         self.duration = perf_counter() - self.started
         counts = self._calls.counts
-        if counts is not None:
+        if counts is not None and not counted:
             key = (self.target, self.source or "none", str(status), outcome)
             counts[key] = counts.get(key, 0) + 1
         if not self._inside:

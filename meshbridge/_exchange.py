@@ -154,6 +154,7 @@ class Exchange:
                 duration,
                 body.total_bytes if body is not None else 0,
                 self.response_bytes,
+                self.listener is None,  # a direct call: counted once, there (_metrics.py)
             )
             if trace is not None:
                 trace.observed(self._series.durations[self.call.method], duration)
@@ -162,7 +163,7 @@ class Exchange:
                 trace.attempt(self)
             self.listener(self)
         else:
-            self.call.end(self.status, outcome)
+            self.call.end(self.status, outcome, True)
 
     body_delivered = finish  # the name the server's writer calls it by: no extra frame
 

@@ -7,6 +7,12 @@ own metric families from those numbers, so names, types and exposition are the
 library's. Registering the collector on a registry also claims the names, so
 two meshes on one registry fail loudly ("Duplicated timeseries").
 
+One event is counted once. A direct call (no traffic policy: the call is
+its one attempt) ends in its Series only (``direct``): the collector reports
+it in ``meshbridge_requests_total`` and, summed over methods, in
+``meshbridge_calls_total`` (its ``target`` is its provider), beside the calls
+a relay counts in that family itself.
+
 Label values come only from registered provider names, sources set by code in
 the process, a fixed set of HTTP methods, the status codes the provider apps
 send, and model names that provider apps report, which are folded to
@@ -147,6 +153,7 @@ class Series:
     """The numbers of one (provider, source) pair."""
 
     __slots__ = (
+        "direct",
         "durations",
         "first_token",
         "handler_errors",
@@ -169,7 +176,10 @@ class Series:
         self.response_bytes = 0
         self.ttfb = Histogram()
         self.durations: dict[str, Histogram] = {}
+        # Requests by (method, code, outcome): the attempts of relayed calls, and
+        # direct calls (each its one attempt), which are also calls (see above).
         self.requests: dict[tuple[str, int, str], int] = {}
+        self.direct: dict[tuple[str, int, str], int] = {}
         self.tokens: dict[tuple[str, str], int] = {}  # (model, type)
         self.first_token: dict[str, Histogram] = {}  # by model
 
@@ -181,10 +191,12 @@ class Series:
         duration: float,
         request_bytes: int,
         response_bytes: int,
+        direct: bool,
     ) -> None:
-        """Record one request that ended."""
+        """Record one request that ended (``direct``: a direct call, also a call)."""
         key = (method, code, outcome)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        requests = self.direct if direct else self.requests
+        requests[key] = requests.get(key, 0) + 1
         histogram = self.durations.get(method)
         if histogram is None:
             histogram = self.durations[method] = Histogram()
@@ -193,6 +205,21 @@ class Series:
         self.request_bytes += request_bytes
         self.response_bytes += response_bytes
         self.in_flight -= 1
+
+    def requests_now(self) -> list[tuple[tuple[str, int, str], int]]:
+        """Requests ended by (method, code, outcome), direct or not: a copy (a
+        scrape from another thread never sees a dict change size)."""
+        merged = dict(self.requests)
+        for key, count in list(self.direct.items()):
+            merged[key] = merged.get(key, 0) + count
+        return list(merged.items())
+
+    def calls_now(self) -> list[tuple[tuple[int, str], int]]:
+        """Its direct calls by (code, outcome), every method together (a copy)."""
+        calls: dict[tuple[int, str], int] = {}
+        for (_, code, outcome), count in list(self.direct.items()):
+            calls[code, outcome] = calls.get((code, outcome), 0) + count
+        return list(calls.items())
 
     def used(self, model: str, counts: tuple[int, int, int, int]) -> None:
         """Count tokens of one request, in the order of :data:`TOKEN_TYPES`."""
@@ -248,7 +275,7 @@ class MeshMetrics:
         totals: dict[str, tuple[int, int, int]] = {}
         for series in list(self._series.values()):
             ended = failed = 0
-            for (_, code, outcome), count in list(series.requests.items()):
+            for (_, code, outcome), count in series.requests_now():
                 ended += count
                 if code >= 500 or code == 429 or outcome == ERROR:
                     failed += count
@@ -283,7 +310,7 @@ class MeshMetrics:
         # list() copies: a scrape from another thread never sees a dict change size
         for series in list(self._series.values()):
             pair = [series.provider, series.source]
-            for (method, code, outcome), count in list(series.requests.items()):
+            for (method, code, outcome), count in series.requests_now():
                 requests.add_metric([*pair, method, str(code), outcome], count)
             for method, histogram in list(series.durations.items()):
                 duration.add_metric([*pair, method], histogram.buckets(), histogram.sum)
@@ -309,10 +336,21 @@ class MeshMetrics:
         )
         yield from self._traffic_families()
 
+    def _calls(self) -> dict[tuple[str, ...], int]:
+        """meshbridge_calls_total's numbers: a relay's calls, and the direct
+        calls of every Series (their target is their provider)."""
+        calls = dict(self.traffic[Family.CALLS].values)
+        for series in list(self._series.values()):
+            for (code, outcome), count in series.calls_now():
+                key = (series.provider, series.source, str(code), outcome)
+                calls[key] = calls.get(key, 0) + count
+        return calls
+
     def _traffic_families(self) -> Iterator[Metric]:
         for name, help_text, labels in _TRAFFIC:
             family = CounterMetricFamily(f"meshbridge_{name}", help_text, labels=list(labels))
-            for values, count in list(self.traffic[Family(name)].values.items()):
+            counts = self._calls() if name == Family.CALLS else self.traffic[Family(name)].values
+            for values, count in list(counts.items()):
                 family.add_metric(list(values), count)
             yield family
         state = GaugeMetricFamily(

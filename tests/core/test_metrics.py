@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshbridge import Mesh
+from meshbridge import Mesh, Policy
 
 from ..helpers import MeshFactory, app_with, settle
 
@@ -124,6 +124,19 @@ async def test_metrics_after_a_mixed_workload(make_mesh: MeshFactory) -> None:
     keys = ("provider", "source", "method", "code", "outcome")
     assert {tuple(dict(k)[n] for n in keys): v for k, v in requests.items()} == expected
 
+    # What callers got: the same direct calls, by the name they used, every method together.
+    calls = matching(samples, "meshbridge_calls_total")
+    assert {tuple(dict(k)[n] for n in ("target", "source", "code", "outcome")): v
+            for k, v in calls.items()} == {
+        ("llm", "agents", "200", "completed"): 3,
+        ("llm", "agents", "404", "completed"): 1,
+        ("llm", "api", "200", "completed"): 2,
+        ("llm", "batch", "500", "error"): 1,
+        ("llm", "batch", "200", "error"): 1,
+        ("llm", "none", "200", "cancelled"): 1,
+        ("billing", "none", "200", "completed"): 1,
+    }  # fmt: skip
+
     per_pair = {("llm", "agents"): 4, ("llm", "api"): 2, ("llm", "batch"): 2, ("llm", "none"): 1}
     per_pair[("billing", "none")] = 1
     for (provider, source), count in per_pair.items():
@@ -156,6 +169,33 @@ async def test_metrics_after_a_mixed_workload(make_mesh: MeshFactory) -> None:
     # buckets span 1 ms to 5 minutes
     assert 'le="0.001"' in text
     assert 'le="300.0"' in text
+
+
+async def test_a_call_counts_once_whether_it_went_direct_or_through_a_policy(
+    make_mesh: MeshFactory,
+) -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    mesh = await make_mesh({"llm": app_with(web.route("*", "/", ok))})
+    async with mesh.session(source="agents") as s:
+        for method in ("GET", "POST", "GET"):  # direct: the call is its one attempt
+            async with s.request(method, "http://llm/") as r:
+                assert r.status == 200
+        mesh.set_policy("llm", Policy(retries=1))
+        async with s.get("http://llm/") as r:  # through a relay, which counts the call
+            assert r.status == 200
+        samples, _ = await scrape(mesh)
+        pair = {"provider": "llm", "source": "agents", "code": "200", "outcome": "completed"}
+        assert get(samples, "meshbridge_requests_total", **pair, method="GET") == 3
+        assert get(samples, "meshbridge_requests_total", **pair, method="POST") == 1
+        called = {"target": "llm", "source": "agents", "code": "200", "outcome": "completed"}
+        assert matching(samples, "meshbridge_calls_total") == {frozenset(called.items()): 4}
+        async with s.get("http://llm/") as r:
+            assert r.status == 200
+    samples, _ = await scrape(mesh)
+    assert get(samples, "meshbridge_calls_total", **called) == 5
+    assert get(samples, "meshbridge_requests_total", **pair, method="GET") == 4
 
 
 async def test_outside_input_creates_no_series(make_mesh: MeshFactory) -> None:
