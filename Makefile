@@ -11,11 +11,12 @@ DEMO_ARGS ?= --duration 20 --admin-listen 127.0.0.1:0
 SOAK_ARGS ?=
 # Extra arguments for pytest: `make check ARGS="-k pipe -x"`, `make pytest ARGS=...`.
 ARGS ?=
-# pytest-xdist workers (two: this machine's cores). The tests marked `wallclock`
-# assert a real-time bound (serve's grace period once, not twice) that a busy
-# neighbour stretches: they run after the others, in one process, alone.
-# JOBS=0: every test in one process, in one go (for --pdb and the like).
-JOBS ?= 2
+# pytest-xdist workers: two (this machine's cores) for the whole suites, none for
+# the fast tier (its collection, once per worker, costs what two workers save).
+# The tests marked `wallclock` assert a real-time bound (serve's grace period
+# once, not twice) that a busy neighbour stretches: they run after the others,
+# in one process, alone. JOBS=0: every test in one process, in one go (--pdb).
+JOBS ?=
 # What every venv installs: the package (editable, with its user extras) and
 # the pinned development tools of pyproject.toml's [dependency-groups].
 INSTALL := -e '.[otel]' --group dev
@@ -28,12 +29,14 @@ UV_VERSION ?= 0.13.9
 UV := $(BIN)/uv
 install_into = $(UV) pip install --quiet --compile-bytecode --python $(1)/bin/python --upgrade-package pip pip $(INSTALL)
 
-# $(call run_tests,PYTEST COMMAND,MARKER EXPRESSION or empty): the selected tests
-# but the wallclock ones in $(JOBS) xdist workers, then the wallclock ones in one
-# process; no test selected in one of the two runs (exit 5) is no failure.
+# $(call run_tests,PYTEST COMMAND,MARKER EXPRESSION or empty,DEFAULT JOBS): the
+# selected tests but the wallclock ones in $(JOBS) xdist workers, then the
+# wallclock ones in one process; no test selected in one of the two runs (exit 5)
+# is no failure.
 wallclock_and = $(if $(2),($(2)) and )
-run_tests = $(if $(filter 0,$(JOBS)),$(1) -p no:xdist $(if $(2),-m '$(2)') $(ARGS),\
-	a=0; $(1) -n $(JOBS) --dist loadgroup -m '$(wallclock_and)not wallclock' $(ARGS) || a=$$?; \
+jobs = $(or $(JOBS),$(3))
+run_tests = $(if $(filter 0,$(jobs)),$(1) -p no:xdist $(if $(2),-m '$(2)') $(ARGS),\
+	a=0; $(1) -n $(jobs) --dist loadgroup -m '$(wallclock_and)not wallclock' $(ARGS) || a=$$?; \
 	echo "the tests marked wallclock, alone:"; \
 	b=0; $(1) -p no:xdist -m '$(wallclock_and)wallclock' $(ARGS) || b=$$?; \
 	for rc in $$a $$b; do [ $$rc = 0 ] || [ $$rc = 5 ] || exit $$rc; done; \
@@ -114,14 +117,14 @@ typecheck: $(STAMP)
 check: lint typecheck pytest-fast
 
 pytest-fast: $(STAMP)
-	$(call run_tests,$(BIN)/pytest,not integration)
+	$(call run_tests,$(BIN)/pytest,not integration,0)
 
 # Everything, on the main Python, measuring coverage; then the floors.
 # (The pytest script, not `-m pytest`: that would put the repository first on
 # sys.path, and pytest would then rewrite meshbridge's own modules.)
 pytest: $(STAMP) system-deps
 	rm -f .coverage .coverage.*
-	$(call run_tests,COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run $(BIN)/pytest,)
+	$(call run_tests,COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run $(BIN)/pytest,,2)
 	@$(MAKE) --no-print-directory coverage
 
 # The figures of the last `make pytest`, and the floors (exit 1 below one).
@@ -163,7 +166,7 @@ venvs-versions: $(STAMP)
 # benchmark smoke tests (about 100 s; their version table already runs the
 # benchmarks on every Python) ran on the main one.
 pytest-%: .venv-%/.installed
-	$(call run_tests,.venv-$*/bin/pytest --ignore=tests/ops --ignore=tests/test_benchmarks_smoke.py,)
+	$(call run_tests,.venv-$*/bin/pytest --ignore=tests/ops --ignore=tests/test_benchmarks_smoke.py,,2)
 
 # The suite on every other version the machine has; says which it skipped.
 # Under CI=true a missing version fails the run.
