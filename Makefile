@@ -11,13 +11,36 @@ DEMO_ARGS ?= --duration 20 --admin-listen 127.0.0.1:0
 SOAK_ARGS ?=
 # Extra arguments for pytest: `make check ARGS="-k pipe -x"`, `make pytest ARGS=...`.
 ARGS ?=
-# pytest-xdist workers: JOBS=auto (two here) for a faster run; 0 by default, because
-# the grace-period tests of serve --workers miss their wall-clock bound under it.
-JOBS ?= 0
-XDIST := $(if $(filter 0,$(JOBS)),-p no:xdist,-n $(JOBS) --dist loadgroup)
+# pytest-xdist workers: two (this machine's cores) for the whole suites, none for
+# the fast tier (its collection, once per worker, costs what two workers save).
+# The tests marked `wallclock` assert a real-time bound (serve's grace period
+# once, not twice) that a busy neighbour stretches: they run after the others,
+# in one process, alone. JOBS=0: every test in one process, in one go (--pdb).
+JOBS ?=
 # What every venv installs: the package (editable, with its user extras) and
 # the pinned development tools of pyproject.toml's [dependency-groups].
 INSTALL := -e '.[otel]' --group dev
+# uv installs them, from PyPI as pip would: a venv in about 20 s where pip took
+# 55-85 s, and the other Pythons' venvs share its cache. Compiled to bytecode at
+# install, as pip does (a first import compiling inside a test's timeout failed
+# one). pip bootstraps uv into the main venv, and stays in every venv (for
+# tests/test_packaging.py).
+UV_VERSION ?= 0.13.9
+UV := $(BIN)/uv
+install_into = $(UV) pip install --quiet --compile-bytecode --python $(1)/bin/python --upgrade-package pip pip $(INSTALL)
+
+# $(call run_tests,PYTEST COMMAND,MARKER EXPRESSION or empty,DEFAULT JOBS): the
+# selected tests but the wallclock ones in $(JOBS) xdist workers, then the
+# wallclock ones in one process; no test selected in one of the two runs (exit 5)
+# is no failure.
+wallclock_and = $(if $(2),($(2)) and )
+jobs = $(or $(JOBS),$(3))
+run_tests = $(if $(filter 0,$(jobs)),$(1) -p no:xdist $(if $(2),-m '$(2)') $(ARGS),\
+	a=0; $(1) -n $(jobs) --dist loadgroup -m '$(wallclock_and)not wallclock' $(ARGS) || a=$$?; \
+	echo "the tests marked wallclock, alone:"; \
+	b=0; $(1) -p no:xdist -m '$(wallclock_and)wallclock' $(ARGS) || b=$$?; \
+	for rc in $$a $$b; do [ $$rc = 0 ] || [ $$rc = 5 ] || exit $$rc; done; \
+	[ $$a = 0 ] || [ $$b = 0 ] || exit 5)
 # Coverage floors (lines), enforced by `make pytest` (see [tool.coverage.*]); the core
 # measures 96.3% today, everything 90.5%:
 # the core modules (meshbridge/*.py) and everything measured.
@@ -46,12 +69,12 @@ FIND_PYTHON = find_python() { \
 	    fi; \
 	  done; return 1; }
 
-.PHONY: test check lint typecheck pytest pytest-fast pytest-versions coverage docs demo admin-screenshot bench bench-smoke bench-versions soak system-deps venv clean
+.PHONY: test check lint typecheck pytest pytest-fast pytest-versions venvs-versions coverage docs demo admin-screenshot bench bench-smoke bench-versions soak system-deps venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(INSTALL)
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(call install_into,$(VENV))
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -94,14 +117,14 @@ typecheck: $(STAMP)
 check: lint typecheck pytest-fast
 
 pytest-fast: $(STAMP)
-	$(BIN)/pytest -m "not integration" $(XDIST) $(ARGS)
+	$(call run_tests,$(BIN)/pytest,not integration,0)
 
 # Everything, on the main Python, measuring coverage; then the floors.
 # (The pytest script, not `-m pytest`: that would put the repository first on
 # sys.path, and pytest would then rewrite meshbridge's own modules.)
 pytest: $(STAMP) system-deps
 	rm -f .coverage .coverage.*
-	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run $(BIN)/pytest $(XDIST) $(ARGS)
+	$(call run_tests,COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run $(BIN)/pytest,,2)
 	@$(MAKE) --no-print-directory coverage
 
 # The figures of the last `make pytest`, and the floors (exit 1 below one).
@@ -121,22 +144,29 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
 # One venv per other version, rebuilt when pyproject.toml changes (precious:
-# make would otherwise delete a stamp it made through a pattern rule).
+# make would otherwise delete a stamp it made through a pattern rule); the main
+# venv's uv installs it.
 .PRECIOUS: .venv-%/.installed
-.venv-%/.installed: pyproject.toml
+.venv-%/.installed: pyproject.toml | $(STAMP)
 	@$(FIND_PYTHON); py=$$(find_python $*) || { echo "Python $* not found" >&2; exit 1; }; \
 	echo "$@: $$py"; \
 	$$py -m venv .venv-$* && \
-	.venv-$*/bin/pip install --quiet --upgrade pip && \
-	.venv-$*/bin/pip install --quiet $(INSTALL)
+	$(call install_into,.venv-$*)
 	touch $@
+
+# The venvs of the other versions the machine has (pytest-versions says which
+# it skipped), built side by side.
+venvs-versions: $(STAMP)
+	@$(FIND_PYTHON); stamps=""; \
+	for v in $(OTHER_VERSIONS); do find_python $$v >/dev/null && stamps="$$stamps .venv-$$v/.installed"; done; \
+	[ -z "$$stamps" ] || $(MAKE) --no-print-directory $$stamps
 
 # The suite on one other version, both tiers; the ops tests (a real Prometheus
 # checking the dashboards, rules and manifests: files, not Python) and the
 # benchmark smoke tests (about 100 s; their version table already runs the
 # benchmarks on every Python) ran on the main one.
 pytest-%: .venv-%/.installed
-	.venv-$*/bin/pytest --ignore=tests/ops --ignore=tests/test_benchmarks_smoke.py $(XDIST) $(ARGS)
+	$(call run_tests,.venv-$*/bin/pytest --ignore=tests/ops --ignore=tests/test_benchmarks_smoke.py,,2)
 
 # The suite on every other version the machine has; says which it skipped.
 # Under CI=true a missing version fails the run.
@@ -154,7 +184,12 @@ pytest-versions:
 	fi; \
 	if [ -n "$$failed" ]; then echo "error: the suite failed on Python$$failed" >&2; exit 1; fi
 
-test: lint typecheck docs pytest pytest-versions
+# Lint, types, the docs, the system tools and the other Pythons' venvs side by
+# side (each one's output in one piece); then the suites, one Python after another.
+test:
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck docs system-deps venvs-versions
+	@$(MAKE) --no-print-directory pytest
+	@$(MAKE) --no-print-directory pytest-versions
 
 demo: $(STAMP)
 	$(BIN)/meshbridge demo $(DEMO_ARGS)

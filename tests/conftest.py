@@ -7,12 +7,32 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pytest
+from _pytest.nodeid import coerce_node_id
 from aiohttp import web
 
 from meshbridge import Mesh
 
 from .helpers import MeshFactory
 from .postgres import PostgresServer, running_postgres
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each ``xdist_group`` in one worker under ``--dist loadgroup``.
+
+    pytest-xdist 3.8 marks a test's group by appending ``@group`` to the
+    item's ``_nodeid``, which pytest 9.2's structured node ids no longer read:
+    every group was silently spread over the workers (two Prometheus stacks,
+    two browsers, serve processes side by side; pytest-dev/pytest-xdist#1386).
+    This appends it where pytest 9.2 reads it. Drop it once xdist does so."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        names = {m.args[0] if m.args else m.kwargs.get("name", "default")
+                 for m in item.iter_markers("xdist_group")}  # fmt: skip
+        suffix = "@" + "_".join(sorted(map(str, names)))
+        if names and not item.nodeid.endswith(suffix):
+            item._id = coerce_node_id(item.nodeid + suffix)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -29,7 +29,8 @@ from benchmarks.soak_check import compare
 from benchmarks.versions import ROWS
 from benchmarks.workloads import WORKLOADS
 
-pytestmark = pytest.mark.integration
+# benchmark processes, one run after another (in one xdist worker)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("benchmarks")]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,7 @@ def run_benchmarks(*args: str) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a hang guard: the smoke run takes about a minute, more on a busy machine
         check=False,
     )
 
@@ -218,6 +219,7 @@ def test_the_cost_of_traffic_policies_is_measured(tmp_path: Path) -> None:
     assert 32 * 1024 <= figures["kept"]["body_32k"] <= figures["kept"]["replay_limit"]
 
 
+@pytest.mark.wallclock  # phases of real time: a busy neighbour blurs them
 def test_the_chaos_benchmark_takes_both_targets_through_every_phase_and_back(
     tmp_path: Path,
 ) -> None:

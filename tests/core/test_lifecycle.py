@@ -155,6 +155,7 @@ async def test_close_cancels_what_outlives_the_grace_period() -> None:
     assert ends == ["cancelled"]
 
 
+@pytest.mark.wallclock
 async def test_close_gives_a_stream_that_never_ends_the_grace_period_once() -> None:
     # aiohttp's own shutdown waits the timeout twice for a handler that never
     # reads its request (once before failing the request's reads, once after).

@@ -208,6 +208,7 @@ async def test_demo_with_an_admin_listener_prints_the_admin_page_and_a_token_tha
 
 
 @pytest.mark.integration  # a real process
+@pytest.mark.wallclock  # the outage and the circuit's recovery must fit in its 10 s
 async def test_demo_feeds_every_metric_family(
     spawn: Spawn,
 ) -> None:

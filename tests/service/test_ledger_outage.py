@@ -65,24 +65,29 @@ async def test_a_postgresql_down_then_hanging_slows_no_request_and_loses_no_reco
                 calls[at] += 1
                 await asyncio.sleep(0.005)  # bounded load: ~WORKERS * 150 calls a second at most
 
+    metrics = ledger.metrics
     try:
         callers = [asyncio.create_task(caller()) for _ in range(WORKERS)]
-        await asyncio.sleep(2)
+        await until(lambda: calls["before"] > 100 and metrics.written > 0, "calls recorded")
         phase = "down"
         await asyncio.to_thread(server.stop)  # never on the loop: it waits for the process
-        await asyncio.sleep(5)
+        await until(
+            lambda: calls["down"] > 100 and metrics.write_errors > 0 and metrics.spooled > 0,
+            "calls spooled while the database is down",
+        )
         await asyncio.to_thread(server.start)
         await until(lambda: sample(registry, "spool_records") == 0, "the spool to be replayed")
-        written = ledger.metrics.written
+        written = metrics.written
         phase = "hanging"  # connected, and no answer to anything: a writer waits for good
         server.freeze()
         try:
-            await asyncio.sleep(3)
-            stuck = ledger.metrics.written
+            hung = time.monotonic() + 1.0  # ten flush intervals: the writer is stuck in one
+            await until(lambda: calls["hanging"] > 100 and time.monotonic() > hung, "calls")
+            stuck = metrics.written
         finally:
             server.thaw()
         phase = "after"
-        await asyncio.sleep(2)
+        await until(lambda: calls["after"] > 100, "calls after the outage")
         phase = "done"
         await asyncio.gather(*callers)
         await until(lambda: sample(registry, "spool_records") == 0, "the spool to be replayed")

@@ -75,6 +75,7 @@ def config(tmp_path: Path) -> Path:
 # -- shutdown -----------------------------------------------------------------------
 
 
+@pytest.mark.wallclock
 async def test_sigterm_gives_in_flight_requests_the_grace_period_once(
     run: Run, config: Path
 ) -> None:

@@ -170,6 +170,7 @@ async def test_reload_through_the_pid_file_reloads_every_worker(run: Run, config
     await stop(process)
 
 
+@pytest.mark.wallclock
 async def test_sigterm_drains_every_worker_with_the_grace_period_once(
     run: Run, config: Path
 ) -> None:
