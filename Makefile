@@ -27,7 +27,11 @@ INSTALL := -e '.[otel]' --group dev
 # tests/test_packaging.py).
 UV_VERSION ?= 0.13.9
 UV := $(BIN)/uv
-install_into = $(UV) pip install --quiet --compile-bytecode --python $(1)/bin/python --upgrade-package pip pip $(INSTALL)
+# Where uv cannot install (it reads neither pip's configuration nor its
+# index settings), pip does, as before.
+install_into = { $(UV) pip install --quiet --compile-bytecode --python $(1)/bin/python --upgrade-package pip pip $(INSTALL) || \
+	{ echo "uv could not install into $(1): pip installs it" >&2; \
+	  $(1)/bin/pip install --quiet --upgrade pip && $(1)/bin/pip install --quiet $(INSTALL); }; }
 
 # $(call run_tests,PYTEST COMMAND,MARKER EXPRESSION or empty,DEFAULT JOBS): the
 # selected tests but the wallclock ones in $(JOBS) xdist workers, then the
@@ -73,7 +77,7 @@ FIND_PYTHON = find_python() { \
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/pip install --quiet uv==$(UV_VERSION) || echo "uv could not be installed: pip installs the venvs" >&2
 	$(call install_into,$(VENV))
 	touch $(STAMP)
 

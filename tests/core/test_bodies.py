@@ -196,7 +196,7 @@ async def endings(session: aiohttp.ClientSession, base: str) -> dict[str, object
         except aiohttp.ClientPayloadError as exc:
             # the mesh adds why the connection closed after llhttp's words (see _link.py)
             seen["cut"] = (type(exc).__name__, str(exc).partition(">")[0] + ">")
-    timeout = aiohttp.ClientTimeout(sock_read=0.3)
+    timeout = aiohttp.ClientTimeout(sock_read=1.0)  # a gap past the 1 MiB it sent, not within it
     async with session.get(f"{base}/stalls", timeout=timeout) as r:
         try:
             await r.read()
